@@ -160,7 +160,8 @@ def _to_hu(ds: Dataset) -> npt.NDArray[np.float32]:
 
 def _header_only(ds: Dataset) -> Dataset:
     header = Dataset()
-    header.file_meta = getattr(ds, "file_meta", Dataset())
+    if hasattr(ds, "file_meta"):
+        header.file_meta = ds.file_meta
     for elem in ds:
         if elem.tag != 0x7FE00010:
             header.add(elem)

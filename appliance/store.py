@@ -1,0 +1,448 @@
+"""The node's state in SQLite: one short transaction per operation.
+
+Back-end errors become domain errors (:class:`DuplicateInstance`, :class:`StoreError`),
+so callers never see SQLAlchemy exceptions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from appliance.db import Delivery, DeliveryState, Instance, Job, JobState, Series, SeriesState
+
+logger = logging.getLogger(__name__)
+
+
+class StoreError(Exception):
+    """The database could not complete an operation."""
+
+
+class DuplicateInstance(StoreError):
+    """An instance with this SOP Instance UID is already stored."""
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str
+    patient_id: str
+    transfer_syntax: str
+    path: str
+    size_bytes: int
+    calling_ae: str
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: int
+    series_uid: str
+    study_uid: str
+    patient_id: str
+    rule_name: str
+    pipeline: list[str]
+    destinations: list[str]
+    state: str
+    attempts: int
+    max_attempts: int
+    last_error: str
+    outputs: list[str]
+    notes: list[str]
+
+
+@dataclass(frozen=True)
+class DeliveryView:
+    id: int
+    job_id: int
+    destination: str
+    attempts: int
+    outputs: list[str]
+    patient_id: str
+    study_uid: str
+    series_uid: str
+
+
+def _job_view(job: Job) -> JobView:
+    return JobView(
+        id=job.id,
+        series_uid=job.series_uid,
+        study_uid=job.study_uid,
+        patient_id=job.patient_id,
+        rule_name=job.rule_name,
+        pipeline=list(job.pipeline),
+        destinations=list(job.destinations),
+        state=job.state,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        last_error=job.last_error,
+        outputs=list(job.outputs or []),
+        notes=list(job.notes or []),
+    )
+
+
+class Store:
+    """Typed operations on instances, series, jobs and deliveries."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    @contextmanager
+    def _tx(self) -> Iterator[Session]:
+        try:
+            with Session(self._engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except IntegrityError as exc:
+            raise DuplicateInstance(str(exc.orig)) from exc
+        except SQLAlchemyError as exc:
+            raise StoreError(str(exc)) from exc
+
+    # -- instances and series -------------------------------------------------
+
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        with self._tx() as s:
+            return s.get(Instance, sop_instance_uid) is not None
+
+    def known_paths(self) -> set[str]:
+        with self._tx() as s:
+            return set(s.scalars(select(Instance.path)))
+
+    def add_instance(self, rec: InstanceRecord, now: datetime) -> None:
+        """Index a stored instance and (re)open its series; raises DuplicateInstance."""
+        with self._tx() as s:
+            if s.get(Instance, rec.sop_instance_uid) is not None:
+                raise DuplicateInstance(rec.sop_instance_uid)
+            s.add(_instance_row(rec, now))
+            series = s.get(Series, rec.series_uid)
+            if series is None:
+                series = Series(
+                    series_uid=rec.series_uid,
+                    study_uid=rec.study_uid,
+                    patient_id=rec.patient_id,
+                    attributes=dict(rec.attributes),
+                    instance_count=0,
+                    generation=0,
+                    first_received_at=now,
+                )
+                s.add(series)
+            _reopen(series, now)
+
+    def schedule_completion(self, series_uid: str, at: datetime) -> None:
+        """Arm (or re-arm) the quiet-window timer of a receiving series."""
+        with self._tx() as s:
+            series = s.get(Series, series_uid)
+            if series is not None and series.state == SeriesState.RECEIVING:
+                series.complete_at = at
+
+    def arm_orphan_series(self, at: datetime) -> int:
+        """After a restart: receiving series without a timer get one. Returns count."""
+        with self._tx() as s:
+            rows = s.scalars(
+                select(Series).where(
+                    Series.state == SeriesState.RECEIVING, Series.complete_at.is_(None)
+                )
+            ).all()
+            for series in rows:
+                series.complete_at = at
+            return len(rows)
+
+    def due_series(self, now: datetime, busy: set[str]) -> list[str]:
+        with self._tx() as s:
+            uids = s.scalars(
+                select(Series.series_uid).where(
+                    Series.state == SeriesState.RECEIVING, Series.complete_at <= now
+                )
+            ).all()
+        return [u for u in uids if u not in busy]
+
+    def complete_series(self, series_uid: str, now: datetime) -> dict[str, Any] | None:
+        """Mark complete; returns its attributes (None if no longer due)."""
+        with self._tx() as s:
+            series = s.get(Series, series_uid)
+            if series is None or series.state != SeriesState.RECEIVING:
+                return None
+            series.state = SeriesState.COMPLETE
+            series.complete_at = None
+            series.completed_at = now
+            series.generation += 1
+            return {
+                **series.attributes,
+                "SeriesInstanceUID": series.series_uid,
+                "StudyInstanceUID": series.study_uid,
+                "PatientID": series.patient_id,
+                "InstanceCount": series.instance_count,
+                "_generation": series.generation,
+            }
+
+    def series_files(self, series_uid: str) -> list[str]:
+        with self._tx() as s:
+            return list(s.scalars(select(Instance.path).where(Instance.series_uid == series_uid)))
+
+    def recent_series(self, limit: int = 10) -> list[Series]:
+        with self._tx() as s:
+            stmt = select(Series).order_by(Series.last_received_at.desc()).limit(limit)
+            return list(s.scalars(stmt))
+
+    def count_series(self) -> dict[str, int]:
+        with self._tx() as s:
+            rows = s.execute(select(Series.state, func.count()).group_by(Series.state)).all()
+            return {state: int(n) for state, n in rows}
+
+    # -- jobs -------------------------------------------------------------------
+
+    def create_job(
+        self,
+        attrs: dict[str, Any],
+        rule: str,
+        pipeline: list[str],
+        dests: list[str],
+        max_attempts: int,
+        now: datetime,
+    ) -> int:
+        with self._tx() as s:
+            job = Job(
+                series_uid=attrs["SeriesInstanceUID"],
+                study_uid=attrs["StudyInstanceUID"],
+                patient_id=attrs.get("PatientID", ""),
+                rule_name=rule,
+                pipeline=pipeline,
+                destinations=dests,
+                state=JobState.PENDING,
+                attempts=0,
+                max_attempts=max_attempts,
+                last_error="",
+                outputs=[],
+                notes=[],
+                created_at=now,
+            )
+            s.add(job)
+            s.flush()
+            return job.id
+
+    def claim_job(self, now: datetime) -> JobView | None:
+        """Take the oldest pending job: state running, one more attempt."""
+        with self._tx() as s:
+            job = s.scalars(
+                select(Job).where(Job.state == JobState.PENDING).order_by(Job.id).limit(1)
+            ).first()
+            if job is None:
+                return None
+            job.state = JobState.RUNNING
+            job.attempts += 1
+            job.started_at = now
+            return _job_view(job)
+
+    def finish_job(
+        self,
+        job_id: int,
+        outputs: list[str],
+        notes: list[str],
+        now: datetime,
+        delivery_at: datetime,
+    ) -> JobView:
+        """Mark done and create one pending delivery per destination."""
+        with self._tx() as s:
+            job = _get_job(s, job_id)
+            job.state, job.outputs, job.notes = JobState.DONE, outputs, notes
+            job.finished_at, job.last_error = now, ""
+            for dest in job.destinations if outputs else []:
+                s.add(
+                    Delivery(
+                        job_id=job.id,
+                        destination=dest,
+                        state=DeliveryState.PENDING,
+                        attempts=0,
+                        next_attempt_at=delivery_at,
+                        last_error="",
+                    )
+                )
+            return _job_view(job)
+
+    def fail_job(self, job_id: int, error: str, now: datetime, *, permanent: bool) -> JobView:
+        """Record a failed attempt: back to pending, or failed when out of attempts."""
+        with self._tx() as s:
+            job = _get_job(s, job_id)
+            job.last_error = error[:2000]
+            exhausted = permanent or job.attempts >= job.max_attempts
+            job.state = JobState.FAILED if exhausted else JobState.PENDING
+            if exhausted:
+                job.finished_at = now
+            return _job_view(job)
+
+    def requeue_interrupted_jobs(self) -> int:
+        """After a restart, jobs left running go back to pending (or fail if exhausted)."""
+        with self._tx() as s:
+            jobs = s.scalars(select(Job).where(Job.state == JobState.RUNNING)).all()
+            for job in jobs:
+                job.last_error = "node stopped while the job was running"
+                job.state = JobState.PENDING if job.attempts < job.max_attempts else JobState.FAILED
+            return len(jobs)
+
+    def get_job(self, job_id: int) -> JobView | None:
+        with self._tx() as s:
+            job = s.get(Job, job_id)
+            return _job_view(job) if job else None
+
+    def jobs_by_state(self) -> dict[str, int]:
+        with self._tx() as s:
+            rows = s.execute(select(Job.state, func.count()).group_by(Job.state)).all()
+            return {state: int(n) for state, n in rows}
+
+    def recent_jobs(self, limit: int = 10, state: str | None = None) -> list[JobView]:
+        with self._tx() as s:
+            stmt = select(Job).order_by(Job.id.desc()).limit(limit)
+            if state:
+                stmt = stmt.where(Job.state == state)
+            return [_job_view(j) for j in s.scalars(stmt)]
+
+    # -- deliveries -------------------------------------------------------------
+
+    def due_deliveries(self, now: datetime) -> list[DeliveryView]:
+        with self._tx() as s:
+            rows = s.execute(
+                select(Delivery, Job)
+                .join(Job, Delivery.job_id == Job.id)
+                .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+                .order_by(Delivery.next_attempt_at)
+            ).all()
+            return [_delivery_view(d, j) for d, j in rows]
+
+    def delivery_sent(self, delivery_id: int, now: datetime) -> None:
+        with self._tx() as s:
+            d = s.get(Delivery, delivery_id)
+            if d is not None:
+                d.state, d.sent_at, d.attempts, d.last_error = (
+                    DeliveryState.SENT,
+                    now,
+                    d.attempts + 1,
+                    "",
+                )
+
+    def delivery_failed(
+        self, delivery_id: int, error: str, retry_at: datetime | None
+    ) -> tuple[int, bool]:
+        """Record a failed send. ``retry_at`` None means dead-letter. Returns (attempts, dead)."""
+        with self._tx() as s:
+            d = s.get(Delivery, delivery_id)
+            if d is None:
+                return 0, False
+            d.attempts += 1
+            d.last_error = error[:2000]
+            if retry_at is None:
+                d.state = DeliveryState.DEAD
+            else:
+                d.next_attempt_at = retry_at
+            return d.attempts, d.state == DeliveryState.DEAD
+
+    def delivery_attempts(self, delivery_id: int) -> int:
+        with self._tx() as s:
+            d = s.get(Delivery, delivery_id)
+            return d.attempts if d else 0
+
+    def requeue(self, job_id: int, now: datetime) -> tuple[int, bool]:
+        """``resend``: dead deliveries back to pending; a failed job back to pending.
+
+        Returns (deliveries re-queued, job re-queued).
+        """
+        with self._tx() as s:
+            job = _get_job(s, job_id)
+            dead = s.scalars(
+                select(Delivery).where(
+                    Delivery.job_id == job_id, Delivery.state == DeliveryState.DEAD
+                )
+            ).all()
+            for d in dead:
+                d.state, d.attempts, d.next_attempt_at = DeliveryState.PENDING, 0, now
+            job_requeued = job.state == JobState.FAILED
+            if job_requeued:
+                job.state, job.attempts, job.finished_at = JobState.PENDING, 0, None
+            return len(dead), job_requeued
+
+    def delivery_summary(self) -> dict[str, dict[str, int]]:
+        with self._tx() as s:
+            rows = s.execute(
+                select(Delivery.destination, Delivery.state, func.count()).group_by(
+                    Delivery.destination, Delivery.state
+                )
+            ).all()
+        out: dict[str, dict[str, int]] = {}
+        for dest, state, n in rows:
+            out.setdefault(dest, {})[state] = int(n)
+        return out
+
+    def dead_deliveries(self, limit: int = 10) -> list[Delivery]:
+        with self._tx() as s:
+            stmt = (
+                select(Delivery)
+                .where(Delivery.state == DeliveryState.DEAD)
+                .order_by(Delivery.id.desc())
+                .limit(limit)
+            )
+            return list(s.scalars(stmt))
+
+    def pending_deliveries(self, limit: int = 10) -> list[Delivery]:
+        with self._tx() as s:
+            stmt = (
+                select(Delivery)
+                .where(Delivery.state == DeliveryState.PENDING, Delivery.attempts > 0)
+                .order_by(Delivery.id.desc())
+                .limit(limit)
+            )
+            return list(s.scalars(stmt))
+
+
+def _instance_row(rec: InstanceRecord, now: datetime) -> Instance:
+    return Instance(
+        sop_instance_uid=rec.sop_instance_uid,
+        sop_class_uid=rec.sop_class_uid,
+        study_uid=rec.study_uid,
+        series_uid=rec.series_uid,
+        patient_id=rec.patient_id,
+        transfer_syntax=rec.transfer_syntax,
+        path=rec.path,
+        size_bytes=rec.size_bytes,
+        calling_ae=rec.calling_ae,
+        received_at=now,
+    )
+
+
+def _reopen(series: Series, now: datetime) -> None:
+    series.state = SeriesState.RECEIVING
+    series.complete_at = None
+    series.instance_count = (series.instance_count or 0) + 1
+    series.last_received_at = now
+
+
+def _get_job(s: Session, job_id: int) -> Job:
+    job = s.get(Job, job_id)
+    if job is None:
+        raise StoreError(f"no job {job_id}")
+    return job
+
+
+def _delivery_view(d: Delivery, job: Job) -> DeliveryView:
+    return DeliveryView(
+        id=d.id,
+        job_id=d.job_id,
+        destination=d.destination,
+        attempts=d.attempts,
+        outputs=list(job.outputs or []),
+        patient_id=job.patient_id,
+        study_uid=job.study_uid,
+        series_uid=job.series_uid,
+    )
+
+
+def backoff_delay(attempts: int, initial_s: float, max_s: float) -> timedelta:
+    """Exponential backoff after ``attempts`` failures: initial * 2**(attempts-1), capped."""
+    return timedelta(seconds=min(max_s, initial_s * 2 ** max(0, attempts - 1)))
