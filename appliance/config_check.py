@@ -3,27 +3,53 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from appliance.config import load_config
-from appliance.yamlsource import ConfigError, ConfigProblem
+from appliance.yamlsource import ConfigError, ConfigProblem, load_yaml
 from engines.registry import engine_names
 from rules.matcher import load_rules
 
 
 def check_all(config_path: Path) -> list[ConfigProblem]:
-    """Validate the node config, its rules file and its structure template."""
-    try:
-        loaded = load_config(config_path)
-    except ConfigError as exc:
-        return list(exc.problems)
-    cfg = loaded.config
+    """Validate the node config, its rules file and its structure template.
+
+    A broken node config does not stop the other files from being checked: their
+    paths and the destination names are then taken from the raw YAML where possible.
+    """
     problems: list[ConfigProblem] = []
     try:
-        load_rules(cfg.rules_file, engines=engine_names(), destinations=sorted(cfg.destinations))
+        cfg = load_config(config_path).config
+        rules_file, template, dests = cfg.rules_file, cfg.structure_template, sorted(cfg.destinations)
     except ConfigError as exc:
         problems += exc.problems
-    problems += _check_template(cfg.structure_template)
+        rules_file, template, dests = _raw_paths(config_path)
+    if rules_file is not None:
+        try:
+            load_rules(rules_file, engines=engine_names(), destinations=dests)
+        except ConfigError as exc:
+            problems += exc.problems
+    if template is not None:
+        problems += _check_template(template)
     return problems
+
+
+def _raw_paths(config_path: Path) -> tuple[Path | None, Path | None, list[str]]:
+    try:
+        data: Any = load_yaml(config_path).data
+    except ConfigError:
+        return None, None, []
+    if not isinstance(data, dict):
+        return None, None, []
+    base = config_path.resolve().parent
+    rules = data.get("rules_file", "rules.yaml")
+    template = data.get("structure_template", "structures.yaml")
+    dests = data.get("destinations")
+    return (
+        base / rules if isinstance(rules, str) else None,
+        base / template if isinstance(template, str) else None,
+        sorted(dests) if isinstance(dests, dict) else [],
+    )
 
 
 def _check_template(path: Path) -> list[ConfigProblem]:

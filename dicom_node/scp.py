@@ -101,7 +101,8 @@ class CallerGate:
 def handle_requested(event: evt.Event, gate: CallerGate, bus: EventBus) -> None:
     """EVT_REQUESTED: reject callers that are not on the allow-list."""
     assoc = event.assoc
-    calling = str(assoc.requestor.ae_title)
+    primitive = assoc.requestor.primitive
+    calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
     host = str(assoc.requestor.address)
     reason = gate.refusal(calling, host)
     if reason is None:
