@@ -20,7 +20,11 @@ def check_all(config_path: Path) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     try:
         cfg = load_config(config_path).config
-        rules_file, template, dests = cfg.rules_file, cfg.structure_template, sorted(cfg.destinations)
+        rules_file, template, dests = (
+            cfg.rules_file,
+            cfg.structure_template,
+            sorted(cfg.destinations),
+        )
     except ConfigError as exc:
         problems += exc.problems
         rules_file, template, dests = _raw_paths(config_path)

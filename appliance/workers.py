@@ -47,7 +47,12 @@ class WorkerSlot:
         self._ctx = mp.get_context("spawn")
         self._proc: SpawnProcess | None = None
         self._conn: Connection | None = None
-        self.restarts = 0
+        self.starts = 0
+
+    @property
+    def restarts(self) -> int:
+        """Processes started after the first (each one replaced a dead or hung worker)."""
+        return max(0, self.starts - 1)
 
     @property
     def pid(self) -> int | None:
@@ -55,8 +60,7 @@ class WorkerSlot:
 
     def _ensure_process(self) -> tuple[SpawnProcess, Connection]:
         if self._proc is None or not self._proc.is_alive() or self._conn is None:
-            if self._proc is not None:
-                self.restarts += 1
+            self.starts += 1
             parent, child = self._ctx.Pipe()
             proc = self._ctx.Process(
                 target=worker_main,

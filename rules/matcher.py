@@ -15,9 +15,11 @@ Attributes = Mapping[str, Any]
 
 
 def load_rules(
-    path: Path, *, engines: Sequence[str] = (), destinations: Sequence[str] = ()
+    path: Path, *, engines: Sequence[str] | None = None, destinations: Sequence[str] | None = None
 ) -> RuleSet:
     """Load ``path`` and check that every pipeline step and destination exists.
+
+    ``engines`` / ``destinations`` of None skip that check.
 
     Raises :class:`ConfigError` with every problem (file, line, key).
     """
@@ -26,12 +28,12 @@ def load_rules(
     problems: list[ConfigProblem] = []
     for index, rule in enumerate(ruleset.rules):
         for step, name in enumerate(rule.pipeline):
-            if engines and name not in engines:
+            if engines is not None and name not in engines:
                 msg = f"unknown engine {name!r} (known: {', '.join(engines)})"
                 problems.append(doc.problem(("rules", index, "pipeline", step), msg))
         for slot, dest in enumerate(rule.destinations):
-            if dest not in destinations:
-                msg = f"unknown destination {dest!r} (configured: {', '.join(destinations) or 'none'})"
+            if destinations is not None and dest not in destinations:
+                msg = f"unknown destination {dest!r} (configured: {', '.join(destinations or []) or 'none'})"
                 problems.append(doc.problem(("rules", index, "destinations", slot), msg))
     if problems:
         raise ConfigError(problems)

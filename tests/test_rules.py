@@ -1,0 +1,93 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appliance.yamlsource import ConfigError
+from rules.matcher import load_rules, matching_rules
+from rules.schema import Rule, RuleSet
+from tests.support import REPO
+
+CT = {
+    "Modality": "CT",
+    "SeriesDescription": "Thorax 3mm",
+    "BodyPartExamined": "CHEST",
+    "SliceThickness": 3.0,
+    "CallingAETitle": "TPS",
+    "StudyDescription": "RT planning",
+}
+
+
+def _rule(**kw: object) -> RuleSet:
+    return RuleSet(rules=[Rule(name="r", pipeline=["classical_body_lungs"], **kw)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("match", "exclude", "expected"),
+    [
+        ({"Modality": "^CT$"}, {}, True),
+        ({"Modality": "(?i)^ct$"}, {}, True),
+        ({"Modality": "^MR$"}, {}, False),
+        ({"SeriesDescription": ["(?i)pelvis", "(?i)thorax"]}, {}, True),
+        ({"BodyPartExamined": "!HEAD"}, {}, True),
+        ({"BodyPartExamined": "!CHEST"}, {}, False),
+        ({"SliceThickness": {"min": 1, "max": 5}}, {}, True),
+        ({"SliceThickness": {"max": 2}}, {}, False),
+        ({"CallingAETitle": "^TPS$"}, {}, True),
+        ({"Modality": "^CT$"}, {"SeriesDescription": "(?i)3mm"}, False),
+        ({"Modality": "^CT$"}, {"SeriesDescription": "(?i)scout"}, True),
+        ({"PatientSex": "^F$"}, {}, False),  # absent attribute does not match
+    ],
+)
+def test_conditions(match: dict, exclude: dict, expected: bool) -> None:
+    assert bool(matching_rules(_rule(match=match, exclude=exclude), CT)) is expected
+
+
+def test_disabled_rule_never_matches() -> None:
+    assert matching_rules(_rule(match={"Modality": "CT"}, enabled=False), CT) == []
+
+
+def test_shipped_rules_route_ct_but_not_scouts() -> None:
+    rules = load_rules(REPO / "config" / "rules.yaml")
+    ct = {**CT, "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}
+    assert [r.name for r in matching_rules(rules, ct)] == ["ct-body-lungs"]
+    assert matching_rules(rules, {**ct, "SeriesDescription": "Topogram 0.6"}) == []
+    assert matching_rules(rules, {**ct, "Modality": "RTSTRUCT"}) == []
+
+
+def test_rule_errors_name_file_line_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - name: a\n"
+        "    match:\n"
+        "      NotAKeyword: x\n"
+        "    pipeline: [classical_body_lungs]\n"
+        "  - name: b\n"
+        "    match: {Modality: '(unclosed'}\n"
+        "    pipeline: [classical_body_lungs]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_rules(path)
+    problems = {(p.key, p.line) for p in err.value.problems}
+    assert ("rules.0.match", 4) in problems or ("rules.0.match", 3) in problems
+    assert any(k.startswith("rules.1.match") for k, _ in problems)
+
+
+def test_unknown_engine_and_destination(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - name: a\n    pipeline: [nope]\n    destinations: [pacs]\n")
+    with pytest.raises(ConfigError) as err:
+        load_rules(path, engines=["classical_body_lungs"], destinations=["tps"])
+    messages = [str(p) for p in err.value.problems]
+    assert len(messages) == 2
+    assert any("unknown engine 'nope'" in m and ":3:" in m for m in messages)
+    assert any("unknown destination 'pacs'" in m and ":4:" in m for m in messages)
+
+
+def test_duplicate_rule_names(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - {name: a, pipeline: [x]}\n  - {name: a, pipeline: [x]}\n")
+    with pytest.raises(ConfigError, match="duplicate rule names"):
+        load_rules(path)
