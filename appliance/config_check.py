@@ -18,6 +18,8 @@ def check_all(config_path: Path) -> list[ConfigProblem]:
     paths and the destination names are then taken from the raw YAML where possible.
     """
     problems: list[ConfigProblem] = []
+    rules_file: Path | None
+    template: Path | None
     try:
         cfg = load_config(config_path).config
         rules_file, template, dests = (
