@@ -91,10 +91,6 @@ class Destination(_Strict):
     _ae = field_validator("ae_title")(_check_ae)
 
 
-class RetentionSettings(_Strict):
-    spool_days: Annotated[float, Field(gt=0)] = 30.0
-
-
 class NodeConfig(_Strict):
     """Top-level ``rtnode.yaml``."""
 
@@ -104,7 +100,6 @@ class NodeConfig(_Strict):
     completion: CompletionSettings = CompletionSettings()
     workers: WorkerSettings = WorkerSettings()
     delivery: DeliverySettings = DeliverySettings()
-    retention: RetentionSettings = RetentionSettings()
     destinations: dict[str, Destination] = Field(default_factory=dict)
     rules_file: Path = Path("rules.yaml")
     structure_template: Path = Path("structures.yaml")
