@@ -113,6 +113,7 @@ class Node:
         )
         self.scheduler = BackgroundScheduler(timezone=UTC)
         self.server: ThreadedAssociationServer | None = None
+        self._saved_tempdir: str | None = None
 
     def _pool_settings(self, extra_engines: dict[str, str] | None) -> PoolSettings:
         return PoolSettings(
@@ -142,6 +143,7 @@ class Node:
         if listen:
             # pynetdicom writes received datasets to tempfile's directory: keep it on
             # the spool's filesystem so the durable rename is atomic.
+            self._saved_tempdir = tempfile.tempdir
             tempfile.tempdir = str(self.spool.tmp_dir)
             gate = CallerGate(
                 tuple(self.cfg.security.allowed_callers), self.cfg.security.accept_any_caller
@@ -203,6 +205,7 @@ class Node:
         self.bus.publish(NodeStopping(reason=reason))
         if self.server is not None:
             self.server.shutdown()
+            tempfile.tempdir = self._saved_tempdir
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.pool.stop()
