@@ -182,3 +182,27 @@ def test_series_interrupted_mid_association_is_rearmed(tmp_path: Path, clock: Fa
         assert '"recovered_series": 1' in _events(second, "node_started")[-1].detail
     finally:
         second.stop()
+
+
+@pytest.mark.parametrize(
+    "syntax", ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.1.99"]
+)
+def test_transfer_syntaxes_are_stored_as_received(node: Node, syntax: str) -> None:
+    from pynetdicom import AE
+
+    from engines.volume import CTVolume
+
+    ct = make_ct_series(n_slices=2, rows=32, cols=32)
+    ae = AE("TPS")
+    ae.add_requested_context(ct.datasets[0].SOPClassUID, [syntax])
+    assoc = ae.associate("127.0.0.1", _port(node), ae_title="RTNODE")
+    assert assoc.is_established
+    statuses = [assoc.send_c_store(ds).Status for ds in ct.datasets]
+    assoc.release()
+    assert statuses == [status.SUCCESS] * 2
+    files = node.spool.iter_files()
+    import pydicom
+
+    assert {str(pydicom.dcmread(f).file_meta.TransferSyntaxUID) for f in files} == {syntax}
+    volume = CTVolume.from_files(files)
+    assert volume.shape == (2, 32, 32)
