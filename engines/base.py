@@ -27,7 +27,7 @@ class EngineError(Exception):
     """An engine could not process its input; the message is shown to users and audited."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Structure:
     """A contoured structure on the CT grid.
 

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 _POSITION_TOLERANCE_MM = 0.05
+_AXIAL_MIN_COSINE = 0.99
 
 
 class VolumeError(ValueError):
@@ -79,6 +80,8 @@ class CTVolume:
         _check_single_series(datasets)
         row, col = _orientation(datasets[0])
         normal = np.cross(row, col)
+        if abs(float(normal[2])) < _AXIAL_MIN_COSINE:
+            raise VolumeError("only axial CT series are supported (slice normal is not along z)")
         order = sorted(range(len(datasets)), key=lambda i: _position(datasets[i]) @ normal)
         ordered = [datasets[i] for i in order]
         slice_spacing = _slice_spacing(ordered, normal)
@@ -111,8 +114,10 @@ def _orientation(ds: Dataset) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.f
     if "ImageOrientationPatient" not in ds or "ImagePositionPatient" not in ds:
         raise VolumeError("CT slice without ImageOrientationPatient/ImagePositionPatient")
     iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-    row, col = iop[:3], iop[3:]
-    return row / np.linalg.norm(row), col / np.linalg.norm(col)
+    row, col = iop[:3] / np.linalg.norm(iop[:3]), iop[3:] / np.linalg.norm(iop[3:])
+    if abs(float(row @ col)) > 1e-3:
+        raise VolumeError("ImageOrientationPatient row and column directions are not perpendicular")
+    return row, col
 
 
 def _position(ds: Dataset) -> npt.NDArray[np.float64]:
@@ -146,9 +151,17 @@ def _check_consistent(
             raise VolumeError("CT slices have different orientations")
         if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
             raise VolumeError("CT slices have different matrix sizes")
+        if not np.allclose(_spacing(ds), _spacing(first), atol=1e-4):
+            raise VolumeError("CT slices have different pixel spacings")
     tilt = float(first.get("GantryDetectorTilt", 0) or 0)
     if abs(tilt) > 1e-3:
         raise VolumeError(f"gantry tilt {tilt} degrees is not supported")
+
+
+def _spacing(ds: Dataset) -> npt.NDArray[np.float64]:
+    if "PixelSpacing" not in ds:
+        raise VolumeError("CT slice without PixelSpacing")
+    return np.asarray([float(v) for v in ds.PixelSpacing], dtype=np.float64)
 
 
 def _to_hu(ds: Dataset) -> npt.NDArray[np.float32]:
