@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import Engine, EngineContext, EngineError
-from engines.registry import create_engine, register_engine
+from engines.registry import UnknownEngine, create_engine, register_engine
 from engines.volume import VolumeError
 
 logger = logging.getLogger(__name__)
@@ -66,13 +66,17 @@ class PipelineRunner:
                 self.engine(name).run(ctx)
         except (EngineError, VolumeError) as exc:
             return JobResult(req.job_id, False, error=str(exc), permanent=True, notes=ctx.notes)
+        except (ImportError, UnknownEngine) as exc:  # a broken install does not heal by retrying
+            return JobResult(req.job_id, False, error=f"engine unavailable: {exc}", permanent=True)
         outputs = [str(p) for p in ctx.outputs]
         return JobResult(req.job_id, True, outputs=outputs, notes=ctx.notes)
 
 
 def worker_main(conn: Connection, log_level: int, extra_engines: dict[str, str]) -> None:
     """Entry point of a worker process: answer job requests until the pipe closes."""
-    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s[worker]: %(message)s")
+    logging.basicConfig(
+        level=log_level, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s"
+    )
     for name, target in extra_engines.items():
         register_engine(name, target)
     runner = PipelineRunner()

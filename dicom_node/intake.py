@@ -134,9 +134,9 @@ class Intake:
             raise Refused(status.OUT_OF_RESOURCES, "free disk space below the configured watermark")
         header = _read_header(rx.path)
         rec = _record(header, rx)
-        if self._store.has_instance(rec.sop_instance_uid):
-            return self._duplicate(rx, rec)
         final = self._spool.path_for(rec.study_uid, rec.series_uid, rec.sop_instance_uid)
+        if final.exists():  # the spool, not the index, is the source of truth
+            return self._duplicate(rx, rec)
         self._commit(rx.path, final)
         try:
             self._store.add_instance(_with_path(rec, final), self._clock.now())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -34,6 +35,7 @@ from appliance.config import AllowedCaller, NodeSettings
 from appliance.events import AssociationRejected, EventBus
 from dicom_node import status
 from dicom_node.intake import Intake, Received
+from dicom_node.transport import make_server
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,9 @@ def handle_requested(event: evt.Event, gate: CallerGate, bus: EventBus) -> None:
     )
     logger.warning("association from %s@%s rejected: %s", calling, host, reason)
     bus.publish(AssociationRejected(calling_ae=calling, peer_host=host, reason=reason))
+    # send_reject only queues the A-ASSOCIATE-RJ; kill() waits until the DUL has sent it
+    # before the socket closes (as pynetdicom's own reject path does).
+    assoc.kill()
 
 
 def handle_echo(event: evt.Event) -> int:
@@ -188,10 +193,8 @@ def start_server(
 ) -> ThreadedAssociationServer:
     """Start listening (non-blocking); returns the server to shut down later."""
     ae = build_ae(node)
-    server = ae.start_server(
-        (node.host, node.port), block=False, evt_handlers=handlers(intake, gate, bus)
-    )
-    if server is None:
-        raise RuntimeError("pynetdicom did not return a server")
+    server = make_server(ae, (node.host, node.port), handlers(intake, gate, bus))
+    thread = threading.Thread(target=server.serve_forever, name="dicom-server", daemon=True)
+    thread.start()
     logger.info("listening as %s on %s:%d", node.ae_title, node.host, node.port)
     return server
