@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import AuditFilter, AuditLog
-from appliance.clock import SystemClock
 from appliance.cli_rename import add_rename_parser
+from appliance.clock import SystemClock
 from appliance.config import LoadedConfig, load_config
 from appliance.events import EventBus, ResendRequested
 from appliance.yamlsource import ConfigError

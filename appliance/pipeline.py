@@ -29,6 +29,7 @@ class JobRequest:
     input_files: list[str]
     output_dir: str
     params: dict[str, Any] = field(default_factory=dict)
+    warm_only: bool = False  # load the pipeline's engines, run nothing
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class PipelineRunner:
         return self._engines[name]
 
     def run(self, req: JobRequest) -> JobResult:
+        if req.warm_only:
+            for name in req.pipeline:
+                self.engine(name)
+            return JobResult(req.job_id, True)
         out_dir = Path(req.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         ctx = EngineContext(

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from appliance.events import (
     SeriesCompleted,
 )
 from appliance.reindex import reindex_orphans
-from appliance.store import Store
+from appliance.store import JobView, Store
 from appliance.workers import PoolSettings, WorkerPool
 from dicom_node.intake import Intake
 from dicom_node.scp import CallerGate, start_server
@@ -102,7 +102,9 @@ class Node:
             quiet_seconds=self.cfg.completion.quiet_seconds,
             min_free_bytes=self.cfg.storage.min_free_disk_mb * 1024 * 1024,
         )
-        self.pool = WorkerPool(self.store, self.bus, self.clock, self._pool_settings(extra_engines))
+        self.pool = WorkerPool(
+            self.store, self.bus, self.clock, self._pool_settings(extra_engines), self._job_done
+        )
         self.delivery = DeliveryManager(
             self.store,
             self.bus,
@@ -122,6 +124,7 @@ class Node:
             output_root=self.paths.outputs,
             params={"structure_template": str(self.cfg.structure_template)},
             extra_engines=dict(extra_engines or {}),
+            warm_engines=tuple(sorted({step for r in self.ruleset.rules for step in r.pipeline})),
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -193,6 +196,11 @@ class Node:
             coalesce=True,
         )
         self.scheduler.start()
+
+    def _job_done(self, _job: JobView) -> None:
+        """A result is ready: run the delivery tick now instead of at its next interval."""
+        if self.scheduler.running:
+            self.scheduler.modify_job("delivery", next_run_time=datetime.now(UTC))
 
     def healthy(self) -> bool:
         """Used by the systemd watchdog: every moving part still alive."""

@@ -12,6 +12,7 @@ import logging
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
@@ -36,6 +37,7 @@ class PoolSettings:
     params: dict[str, Any]
     extra_engines: dict[str, str]
     idle_poll_s: float = 1.0
+    warm_engines: tuple[str, ...] = ()  # loaded in every worker at start
 
 
 class WorkerSlot:
@@ -129,7 +131,15 @@ class WorkerSlot:
 class WorkerPool:
     """Claims pending jobs from the store and runs them on worker slots."""
 
-    def __init__(self, store: Store, bus: EventBus, clock: Clock, settings: PoolSettings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        bus: EventBus,
+        clock: Clock,
+        settings: PoolSettings,
+        on_job_done: Callable[[JobView], None] | None = None,
+    ) -> None:
+        self._on_job_done = on_job_done
         self._store = store
         self._bus = bus
         self._clock = clock
@@ -162,7 +172,17 @@ class WorkerPool:
         for t in self._threads:
             t.join(10)
 
+    def _warm(self, slot: WorkerSlot) -> None:
+        """Start the worker and load the engines the rules use, before the first job."""
+        if not self._settings.warm_engines:
+            return
+        req = JobRequest(0, list(self._settings.warm_engines), [], "", warm_only=True)
+        result = slot.execute(req)
+        if not result.ok:
+            logger.error("worker slot %d could not load its engines: %s", slot.index, result.error)
+
     def _loop(self, slot: WorkerSlot) -> None:
+        self._warm(slot)
         while not self._stopping.is_set():
             try:
                 job = self._store.claim_job(self._clock.now())
@@ -207,6 +227,8 @@ class WorkerPool:
         if result.ok:
             self._store.finish_job(job.id, result.outputs, result.notes, now, delivery_at=now)
             state = "done"
+            if self._on_job_done is not None:
+                self._on_job_done(job)
         else:
             view = self._store.fail_job(job.id, result.error, now, permanent=result.permanent)
             state = view.state

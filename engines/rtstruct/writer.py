@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom import config
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import Tag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
 from engines.base import Structure
@@ -320,9 +320,21 @@ def _contour(number: int, header: Dataset, values: list[str]) -> Dataset:
     contour.ContourImageSequence = [image]
     contour.ContourGeometricType = "CLOSED_PLANAR"
     contour.NumberOfContourPoints = len(values) // 3
-    # values are formatted by format_contour_data: skip pydicom's per-value regex check
-    contour.add(DataElement(_CONTOUR_DATA, "DS", values, validation_mode=config.IGNORE))
+    # The values are already valid DS strings (format_contour_data): store them as the
+    # encoded bytes pydicom would write, so it neither re-parses nor re-validates
+    # ~700,000 numbers per structure set. pydicom decodes them lazily if read.
+    contour[_CONTOUR_DATA] = _raw_ds(_CONTOUR_DATA, values)
+    # Declare the item already explicit-VR little endian, the encoding of the file we
+    # write, so dcmwrite copies the raw bytes instead of decoding every element.
+    contour.set_original_encoding(False, True, contour._character_set)
     return contour
+
+
+def _raw_ds(tag: int, values: list[str]) -> RawDataElement:
+    encoded = "\\".join(values).encode("ascii")
+    if len(encoded) % 2:
+        encoded += b" "
+    return RawDataElement(Tag(tag), "DS", len(encoded), encoded, 0, False, True)
 
 
 def _observation(number: int, structure: Structure) -> Dataset:
