@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import logging
 import queue
+import struct
 import socket
 from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE, DimsePrimitiveType
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
 logger = logging.getLogger(__name__)
@@ -35,14 +39,15 @@ class FastAssociationSocket(AssociationSocket):
         if sock is None:
             return bytearray()
         buffer = bytearray(nr_bytes)
-        view = memoryview(buffer)
         nr_read = 0
-        while nr_read < nr_bytes:
-            got = sock.recv_into(view[nr_read:], min(nr_bytes - nr_read, _MAX_CHUNK))
-            if not got:
-                del buffer[nr_read:]  # connection closed: return what we have
-                break
-            nr_read += got
+        with memoryview(buffer) as view:
+            while nr_read < nr_bytes:
+                got = sock.recv_into(view[nr_read:], min(nr_bytes - nr_read, _MAX_CHUNK))
+                if not got:
+                    break  # connection closed: return what we have
+                nr_read += got
+        if nr_read < nr_bytes:
+            del buffer[nr_read:]
         return buffer
 
 
@@ -95,6 +100,63 @@ class FastAssociation(Association):
         return False
 
 
+def encode_c_store_rsp(rsp: C_STORE) -> bytes | None:
+    """The command set of a plain C-STORE-RSP in implicit VR little endian, or None.
+
+    Only the elements a storage SCP's response carries without error details are
+    handled (group length, affected SOP class, command field, message ID being
+    responded to, data set type, status, affected SOP instance); anything else (an
+    ErrorComment, OffendingElement...) returns None and goes through pynetdicom.
+    """
+    if any(getattr(rsp, name, None) for name in _RSP_EXTRAS):
+        return None
+    body = b"".join(
+        (
+            _ui(0x0002, str(rsp.AffectedSOPClassUID)),
+            _us(0x0100, 0x8001),
+            _us(0x0120, int(cast(int, rsp.MessageIDBeingRespondedTo))),
+            _us(0x0800, 0x0101),
+            _us(0x0900, int(cast(int, rsp.Status))),
+            _ui(0x1000, str(rsp.AffectedSOPInstanceUID)),
+        )
+    )
+    return struct.pack("<HHIL", 0x0000, 0x0000, 4, len(body)) + body
+
+
+_RSP_EXTRAS = ("ErrorComment", "OffendingElement", "ErrorID")
+
+
+def _us(element: int, value: int) -> bytes:
+    return struct.pack("<HHIH", 0x0000, element, 2, value)
+
+
+def _ui(element: int, uid: str) -> bytes:
+    value = uid.encode("ascii")
+    if len(value) % 2:
+        value += b"\x00"
+    return struct.pack("<HHI", 0x0000, element, len(value)) + value
+
+
+class FastDIMSE(DIMSEServiceProvider):
+    """Sends C-STORE responses from a hand-encoded command set (see above).
+
+    pynetdicom encodes every response through pydicom's generic writer (~1 ms of CPU
+    per instance here); the bytes produced are identical.
+    """
+
+    def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
+        encoded = None
+        if isinstance(primitive, C_STORE) and primitive.MessageIDBeingRespondedTo is not None:
+            encoded = encode_c_store_rsp(primitive)
+        max_pdu = self.maximum_pdu_size
+        if encoded is None or (max_pdu and len(encoded) + 6 > max_pdu):
+            super().send_msg(primitive, context_id)
+            return
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+        self.dul.send_pdu(pdata)
+
+
 class FastRequestHandler(RequestHandler):
     """pynetdicom's request handler, with the fast socket and TCP_NODELAY."""
 
@@ -106,6 +168,8 @@ class FastRequestHandler(RequestHandler):
         assoc.dul._run_loop_delay = _DUL_IDLE_DELAY_S
         if type(assoc) is Association:
             assoc.__class__ = FastAssociation
+        if type(assoc.dimse) is DIMSEServiceProvider:
+            assoc.dimse.__class__ = FastDIMSE
         wrapper = assoc.dul.socket
         if type(wrapper) is AssociationSocket:
             # FastAssociationSocket adds no state, only a faster recv(): re-class the
