@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 
 from appliance.clock import Clock
 from appliance.events import EventBus, InstancesReceived, StoreRefused
 from appliance.store import DuplicateInstance, InstanceRecord, Store, StoreError
 from dicom_node import status
+from dicom_node.header import read_index_tags
 from dicom_node.spool import Spool
 
 logger = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class Intake:
     def association_closed(self, assoc_key: int) -> None:
         """Audit each series batch and arm its quiet-window timer."""
         with self._lock:
-            state = self._assocs.pop(assoc_key, None)
+            state = self._assocs.get(assoc_key)
         if state is None:
             return
         deadline = self._clock.now() + self._quiet
@@ -199,41 +200,45 @@ class Intake:
                     bytes=batch.bytes,
                 )
             )
+        with self._lock:  # only now: until the timer is armed the series counts as busy
+            self._assocs.pop(assoc_key, None)
 
 
-def _read_header(path: Path) -> Dataset:
+def _read_header(path: Path) -> dict[str, Any]:
+    """The indexed tags of ``path`` (fast scan, or pydicom when the scan cannot tell)."""
+    fast = read_index_tags(path, INDEX_TAGS)
+    if fast is not None:
+        return fast
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(INDEX_TAGS))
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(INDEX_TAGS))
     except Exception as exc:  # pydicom raises many types on malformed input
         raise Refused(
             status.CANNOT_UNDERSTAND, f"unreadable dataset: {type(exc).__name__}"
         ) from exc
+    return {k: _plain(ds.get(k)) for k in INDEX_TAGS if ds.get(k) is not None}
 
 
-def _record(ds: Dataset, rx: Received) -> InstanceRecord:
-    missing = [
-        k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not ds.get(k)
-    ]
+def _record(header: dict[str, Any], rx: Received) -> InstanceRecord:
+    uids = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+    missing = [k for k in uids if not header.get(k)]
     if missing:
         raise Refused(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"missing {', '.join(missing)}")
-    if str(ds.SOPInstanceUID) != rx.sop_instance_uid:
+    if header["SOPInstanceUID"] != rx.sop_instance_uid:
         raise Refused(
             status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPInstanceUID differs from request"
         )
-    if ds.get("SOPClassUID") and str(ds.SOPClassUID) != rx.sop_class_uid:
+    if header.get("SOPClassUID") and header["SOPClassUID"] != rx.sop_class_uid:
         raise Refused(status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOPClassUID differs from request")
-    attrs: dict[str, Any] = {
-        k: _plain(ds.get(k)) for k in SERIES_ATTRIBUTES if ds.get(k) is not None
-    }
+    attrs: dict[str, Any] = {k: header[k] for k in SERIES_ATTRIBUTES if k in header}
     attrs["SOPClassUID"] = rx.sop_class_uid
     attrs["CallingAETitle"] = rx.calling_ae
     attrs["CalledAETitle"] = rx.called_ae
     return InstanceRecord(
         sop_instance_uid=rx.sop_instance_uid,
         sop_class_uid=rx.sop_class_uid,
-        study_uid=str(ds.StudyInstanceUID),
-        series_uid=str(ds.SeriesInstanceUID),
-        patient_id=str(ds.get("PatientID", "") or ""),
+        study_uid=str(header["StudyInstanceUID"]),
+        series_uid=str(header["SeriesInstanceUID"]),
+        patient_id=str(header.get("PatientID", "") or ""),
         transfer_syntax=rx.transfer_syntax,
         path=str(rx.path),
         size_bytes=rx.path.stat().st_size,
@@ -246,7 +251,8 @@ def _with_path(rec: InstanceRecord, final: Path) -> InstanceRecord:
     return InstanceRecord(**{**rec.__dict__, "path": str(final)})
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, int | float):
-        return value
+def _plain(value: Any) -> str:
+    """The value as the fast scan reports it: text, multiple values joined by '\\'."""
+    if isinstance(value, MultiValue):
+        return "\\".join(str(v) for v in value)
     return str(value)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import queue
-import struct
 import socket
+import struct
 from typing import Any, cast
 
 from pynetdicom import evt

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,17 @@ def write_config(
 
 def make_node(config_path: Path, clock: Clock | None = None) -> Node:
     return Node(load_config(config_path), clock, extra_engines=TEST_ENGINES)
+
+
+def wait_until_closed(node: Node, timeout_s: float = 10.0) -> None:
+    """Wait for the node to finish the association just released by the SCU.
+
+    The SCU sees the A-RELEASE-RP slightly before the node's EVT_RELEASED handler has
+    armed the completion timers.
+    """
+    deadline = time.monotonic() + timeout_s
+    while node.intake.busy_series() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def send(port: int, datasets: list[Dataset], calling_ae: str = "TPS") -> list[int]:

@@ -14,7 +14,8 @@ from appliance.service import Node
 from dicom_node import status
 from dicom_node.intake import Received
 from tests.factories import make_ct_series, make_rtstruct, make_text_sr
-from tests.support import make_node, send, write_config
+from tests.support import make_node, wait_until_closed, write_config
+from tests.support import send as _send
 
 
 @pytest.fixture
@@ -24,10 +25,27 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def node(tmp_path: Path, clock: FakeClock) -> Iterator[Node]:
-    n = make_node(write_config(tmp_path), clock)
+    n = _make(write_config(tmp_path), clock)
     n.start(background=False)
     yield n
     n.stop()
+
+
+_NODES: list[Node] = []
+
+
+def send(port: int, datasets: list, calling_ae: str = "TPS") -> list[int]:
+    """Send, then wait until the receiving node has closed the association's batch."""
+    statuses = _send(port, datasets, calling_ae)
+    for n in _NODES:
+        wait_until_closed(n)
+    return statuses
+
+
+def _make(cfg: Path, clock: FakeClock) -> Node:
+    n = make_node(cfg, clock)
+    _NODES.append(n)
+    return n
 
 
 def _events(node: Node, name: str) -> list:
@@ -133,7 +151,7 @@ def test_unknown_caller_is_rejected_and_audited(node: Node) -> None:
 
 
 def test_disk_watermark_refuses_with_out_of_resources(tmp_path: Path, clock: FakeClock) -> None:
-    n = make_node(write_config(tmp_path, storage={"min_free_disk_mb": 10**9}), clock)
+    n = _make(write_config(tmp_path, storage={"min_free_disk_mb": 10**9}), clock)
     n.start(background=False)
     try:
         ct = make_ct_series(n_slices=2, rows=16, cols=16)
@@ -145,13 +163,13 @@ def test_disk_watermark_refuses_with_out_of_resources(tmp_path: Path, clock: Fak
 
 def test_timers_and_open_series_survive_a_restart(tmp_path: Path, clock: FakeClock) -> None:
     cfg = write_config(tmp_path)
-    first = make_node(cfg, clock)
+    first = _make(cfg, clock)
     first.start(background=False)
     ct = make_ct_series(n_slices=2, rows=32, cols=32)
     send(first.cfg.node.port, ct.datasets)  # released: timer armed in the database
     first.stop()
 
-    second = make_node(cfg, clock)
+    second = _make(cfg, clock)
     second.start(listen=False, background=False)
     try:
         clock.advance(3)
@@ -165,7 +183,7 @@ def test_series_interrupted_mid_association_is_rearmed(tmp_path: Path, clock: Fa
     from appliance.store import InstanceRecord
 
     cfg = write_config(tmp_path)
-    first = make_node(cfg, clock)
+    first = _make(cfg, clock)
     first.store.add_instance(
         InstanceRecord(
             "1.2.3.1", "1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.3.4", "P", "", "/x", 1, "TPS"
@@ -173,7 +191,7 @@ def test_series_interrupted_mid_association_is_rearmed(tmp_path: Path, clock: Fa
         clock.now(),
     )  # as if the node died before the association ended: no timer
     first.stop()
-    second = make_node(cfg, clock)
+    second = _make(cfg, clock)
     second.start(listen=False, background=False)
     try:
         assert second.tick_completion() == 0
@@ -206,3 +224,9 @@ def test_transfer_syntaxes_are_stored_as_received(node: Node, syntax: str) -> No
     assert {str(pydicom.dcmread(f).file_meta.TransferSyntaxUID) for f in files} == {syntax}
     volume = CTVolume.from_files(files)
     assert volume.shape == (2, 32, 32)
+
+
+@pytest.fixture(autouse=True)
+def _forget_nodes() -> Iterator[None]:
+    yield
+    _NODES.clear()
