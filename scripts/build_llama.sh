@@ -15,13 +15,22 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 SPEC="llama-cpp-python==0.3.*"
 WHEELS=wheels
 
+# A machine-wide cache so a fresh clone on the same host does not compile again.
+CACHE="${RTNODE_WHEEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/rtnode/wheels}"
+
 mkdir -p "$WHEELS"
+if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1 \
+        && ls "$CACHE"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "build_llama: using the wheel cached in $CACHE"
+    cp "$CACHE"/llama_cpp_python-*.whl "$WHEELS"/
+fi
 if ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
     echo "build_llama: wheel already in $WHEELS/, skipping the build"
 else
     echo "build_llama: compiling $SPEC (several minutes)"
     CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF ${CMAKE_ARGS:-}" \
         "$PYTHON" -m pip wheel --no-cache-dir --no-deps -w "$WHEELS" "$SPEC"
+    mkdir -p "$CACHE" && cp "$WHEELS"/llama_cpp_python-*.whl "$CACHE"/ || true
 fi
 
 if [[ "${1:-}" == "--no-install" ]]; then
