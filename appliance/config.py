@@ -91,6 +91,31 @@ class Destination(_Strict):
     _ae = field_validator("ae_title")(_check_ae)
 
 
+class EngineSettings(_Strict):
+    """Settings handed to the engines in the worker processes; every key is optional."""
+
+    tg263_overrides: Path | None = None  # site file: local name -> TG-263 name, colour
+    tg263_vocabulary: Path | None = None  # default: config/tg263.yaml
+    tg263_worksheet: Path | None = None  # the AAPM worksheet (CSV/XLS), if the site has it
+    llm_model: str | None = None  # "bundled" (SmolLM2-135M), a GGUF path, or none
+    segmentation_model: Path | None = None  # model card; default: the shipped thorax model
+    segmentation_providers: list[str] = Field(default_factory=list)  # empty: choose at run time
+    segmentation_threads: Annotated[int, Field(ge=0)] = 0  # 0: ONNX Runtime's default
+
+    def as_params(self) -> dict[str, Any]:
+        """The ``ctx.params`` keys the engines read."""
+        params: dict[str, Any] = {
+            "tg263_overrides": self.tg263_overrides,
+            "tg263_vocabulary": self.tg263_vocabulary,
+            "tg263_worksheet": self.tg263_worksheet,
+            "tg263_llm_model": self.llm_model,
+            "segmentation_model": self.segmentation_model,
+            "segmentation_providers": list(self.segmentation_providers),
+            "segmentation_threads": self.segmentation_threads,
+        }
+        return {k: str(v) if isinstance(v, Path) else v for k, v in params.items() if v}
+
+
 class NodeConfig(_Strict):
     """Top-level ``rtnode.yaml``."""
 
@@ -101,6 +126,7 @@ class NodeConfig(_Strict):
     workers: WorkerSettings = WorkerSettings()
     delivery: DeliverySettings = DeliverySettings()
     destinations: dict[str, Destination] = Field(default_factory=dict)
+    engines: EngineSettings = EngineSettings()
     rules_file: Path = Path("rules.yaml")
     structure_template: Path = Path("structures.yaml")
 
@@ -131,6 +157,7 @@ def load_config(path: Path) -> LoadedConfig:
     config = config.model_copy(
         update={
             "node": node,
+            "engines": _resolve_engine_paths(base, config.engines),
             "rules_file": _resolve(base, config.rules_file),
             "structure_template": _resolve(base, config.structure_template),
         }
@@ -146,6 +173,17 @@ def validate_document(doc: YamlDocument, model: type[M]) -> M:
     except ValidationError as exc:
         problems = [doc.problem(tuple(err["loc"]), err["msg"]) for err in exc.errors()]
         raise ConfigError(problems) from exc
+
+
+def _resolve_engine_paths(base: Path, engines: EngineSettings) -> EngineSettings:
+    names = ("tg263_overrides", "tg263_vocabulary", "tg263_worksheet", "segmentation_model")
+    changes: dict[str, Any] = {
+        n: _resolve(base, getattr(engines, n)) for n in names if getattr(engines, n) is not None
+    }
+    model = engines.llm_model
+    if model and model != "bundled":
+        changes["llm_model"] = str(_resolve(base, Path(model)))
+    return engines.model_copy(update=changes)
 
 
 def _resolve(base: Path, value: Path) -> Path:

@@ -122,7 +122,10 @@ class Node:
             count=self.cfg.workers.count,
             job_timeout_s=self.cfg.workers.job_timeout_s,
             output_root=self.paths.outputs,
-            params={"structure_template": str(self.cfg.structure_template)},
+            params={
+                "structure_template": str(self.cfg.structure_template),
+                **self.cfg.engines.as_params(),
+            },
             extra_engines=dict(extra_engines or {}),
             warm_engines=tuple(sorted({step for r in self.ruleset.rules for step in r.pipeline})),
         )

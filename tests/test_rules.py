@@ -53,7 +53,10 @@ def test_shipped_rules_route_ct_but_not_scouts() -> None:
     ct = {**CT, "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}
     assert [r.name for r in matching_rules(rules, ct)] == ["ct-body-lungs"]
     assert matching_rules(rules, {**ct, "SeriesDescription": "Topogram 0.6"}) == []
-    assert matching_rules(rules, {**ct, "Modality": "RTSTRUCT"}) == []
+    rs = {**ct, "Modality": "RTSTRUCT", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.481.3"}
+    assert [r.name for r in matching_rules(rules, rs)] == ["rtstruct-tg263"]
+    assert matching_rules(rules, {**rs, "Manufacturer": "rtnode"}) == []  # our own drafts
+    assert matching_rules(rules, {**ct, "Modality": "RTPLAN"}) == []
 
 
 def test_rule_errors_name_file_line_and_key(tmp_path: Path) -> None:

