@@ -30,6 +30,7 @@ def collect_status(loaded: LoadedConfig) -> dict[str, Any]:
         "recent_series": [_series(s) for s in store.recent_series(5)],
         "jobs": store.jobs_by_state(),
         "failed_jobs": [_job(j) for j in store.recent_jobs(5, JobState.FAILED)],
+        "last_done_job": _last_done(store),
         "destinations": _destinations(loaded, store.delivery_summary()),
         "last_errors": _errors(audit),
     }
@@ -50,6 +51,20 @@ def _series(s: Any) -> dict[str, Any]:
 
 def _job(j: Any) -> dict[str, Any]:
     return {"id": j.id, "rule": j.rule_name, "attempts": j.attempts, "error": j.last_error}
+
+
+def _last_done(store: Store) -> dict[str, Any] | None:
+    """The newest finished job with its engine notes (execution providers, skipped ROIs...)."""
+    jobs = store.recent_jobs(1, JobState.DONE)
+    if not jobs:
+        return None
+    job = jobs[0]
+    return {
+        "id": job.id,
+        "rule": job.rule_name,
+        "outputs": len(job.outputs),
+        "notes": job.notes[:20],
+    }
 
 
 def _destinations(loaded: LoadedConfig, summary: dict[str, dict[str, int]]) -> dict[str, Any]:
@@ -93,6 +108,10 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(
             f"  FAILED job {j['id']} ({j['rule']}, {j['attempts']} attempts): {j['error']}"
         )
+    done = report.get("last_done_job")
+    if done:
+        lines.append(f"last done job {done['id']} ({done['rule']}, {done['outputs']} outputs)")
+        lines.extend(f"  note: {note}" for note in done["notes"])
     lines.append("destinations:")
     for name, d in report["destinations"].items():
         counts = {k: v for k, v in d.items() if k != "address"}
