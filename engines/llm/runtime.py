@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -74,7 +75,9 @@ class LlamaRuntime:
     n_ctx
         Context size in tokens.
     n_threads
-        CPU threads (``None``: llama.cpp's default).
+        CPU threads (``None``: one less than the machine's cores, at least one: llama.cpp's
+        threads spin while they wait, so using every core starves the node's own threads
+        and, measured here, makes a 2-core machine several times slower under load).
     n_gpu_layers
         Layers offloaded to a GPU; ignored (logged) by a CPU-only build.
     seed
@@ -92,7 +95,7 @@ class LlamaRuntime:
         self.model_path = Path(model_path)
         self.n_ctx, self.n_threads, self.n_gpu_layers, self.seed = (
             n_ctx,
-            n_threads,
+            n_threads if n_threads else max(1, (os.cpu_count() or 2) - 1),
             n_gpu_layers,
             seed,
         )
