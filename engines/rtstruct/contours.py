@@ -89,7 +89,8 @@ def format_contour_data(points_mm: FloatArray, decimals: int = 2) -> list[str]:
     turns -0.0 into 0.0, so no value reads "-0.00".
     """
     rounded = np.round(np.asarray(points_mm, dtype=np.float64).ravel(), decimals) + 0.0
-    return np.char.mod(f"%.{decimals}f", rounded).tolist()  # type: ignore[no-any-return]
+    values: list[str] = np.char.mod(f"%.{decimals}f", rounded).tolist()
+    return values
 
 
 def fits_explicit_vr(values: Sequence[str]) -> bool:
