@@ -193,7 +193,12 @@ class WorkerPool:
                 self._wake.wait(self._settings.idle_poll_s)
                 self._wake.clear()
                 continue
-            self.run_job(slot, job)
+            try:
+                self.run_job(slot, job)
+            except StoreError:
+                # The outcome could not be recorded: the job stays "running" and is
+                # re-queued at the next start; the slot itself keeps serving.
+                logger.exception("could not record the outcome of job %d", job.id)
 
     def run_job(self, slot: WorkerSlot, job: JobView) -> JobResult:
         """Run one claimed job and record its outcome."""
