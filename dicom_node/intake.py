@@ -118,17 +118,24 @@ class Intake:
         try:
             return self._store_checked(rx)
         except Refused as exc:
-            rx.path.unlink(missing_ok=True)
-            logger.warning("refused %s from %s: %s", rx.sop_instance_uid, rx.calling_ae, exc.reason)
-            self._bus.publish(
-                StoreRefused(
-                    calling_ae=rx.calling_ae,
-                    sop_instance_uid=rx.sop_instance_uid,
-                    status=exc.status_code,
-                    reason=exc.reason,
-                )
+            return self._refuse(rx, exc)
+        except Exception as exc:  # a bug here must still answer the peer and be audited
+            logger.exception("unexpected error storing %s", rx.sop_instance_uid)
+            reason = f"internal error: {type(exc).__name__}"
+            return self._refuse(rx, Refused(status.PROCESSING_FAILURE, reason))
+
+    def _refuse(self, rx: Received, exc: Refused) -> int:
+        rx.path.unlink(missing_ok=True)
+        logger.warning("refused %s from %s: %s", rx.sop_instance_uid, rx.calling_ae, exc.reason)
+        self._bus.publish(
+            StoreRefused(
+                calling_ae=rx.calling_ae,
+                sop_instance_uid=rx.sop_instance_uid,
+                status=exc.status_code,
+                reason=exc.reason,
             )
-            return exc.status_code
+        )
+        return exc.status_code
 
     def _store_checked(self, rx: Received) -> int:
         if self._spool.free_bytes() < self._min_free:
@@ -143,9 +150,10 @@ class Intake:
             self._store.add_instance(_with_path(rec, final), self._clock.now())
         except DuplicateInstance:
             return self._duplicate(rx, rec)
-        except StoreError as exc:
+        except Exception as exc:  # not indexed: not acknowledged, so not kept either
             final.unlink(missing_ok=True)
-            raise Refused(status.PROCESSING_FAILURE, f"index failed: {exc}") from exc
+            reason = str(exc) if isinstance(exc, StoreError) else type(exc).__name__
+            raise Refused(status.PROCESSING_FAILURE, f"index failed: {reason}") from exc
         self._count(rx, rec, duplicate=False)
         return status.SUCCESS
 

@@ -230,3 +230,20 @@ def test_transfer_syntaxes_are_stored_as_received(node: Node, syntax: str) -> No
 def _forget_nodes() -> Iterator[None]:
     yield
     _NODES.clear()
+
+
+def test_unexpected_error_answers_a_failure_and_is_audited(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(node.store, "add_instance", broken)
+    ds = make_ct_series(n_slices=1, rows=16, cols=16).datasets[0]
+    assert send(_port(node), [ds]) == [status.PROCESSING_FAILURE]
+    (row,) = _events(node, "store_refused")
+    assert "RuntimeError" in row.detail
+    assert node.spool.iter_files() == []  # not acknowledged, so not kept
+    assert send(_port(node), [make_ct_series(n_slices=1, rows=16, cols=16).datasets[0]]) == [
+        status.PROCESSING_FAILURE
+    ]  # the node keeps answering
