@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import AuditFilter, AuditLog
+from appliance.cli_models import add_model_parsers
 from appliance.cli_rename import add_rename_parser
 from appliance.clock import SystemClock
 from appliance.config import LoadedConfig, load_config
@@ -90,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
     resend.set_defaults(func=cmd_resend)
 
     add_rename_parser(sub)
+    add_model_parsers(sub)
     return p
 
 

@@ -14,6 +14,7 @@ logger = logging.getLogger(__name__)
 BUILTIN_ENGINES: dict[str, str] = {
     "classical_body_lungs": "engines.classical.body_lungs:BodyLungsEngine",
     "rtstruct_writer": "engines.rtstruct.engine:RTStructWriterEngine",
+    "segment_onnx": "engines.segmentation.engine:SegmentationEngine",
     "tg263_rename": "engines.naming.engine:TG263RenameEngine",
 }
 

@@ -1,0 +1,219 @@
+"""Pipeline step ``segment_onnx``: organs from CT with an exported model and its card.
+
+Which model: ``ctx.params["segmentation_model"]``, the path of a model card (default
+``config/models/thorax.yaml``, the thorax model this project trains). Runtime options
+(``segmentation_providers``, ``segmentation_threads``) are described in
+:mod:`engines.segmentation.runtime`; optional extra model inputs come from
+``ctx.params["segmentation_inputs"]`` (name -> list of numbers).
+
+An External already in ``ctx.structures`` (from the classical engine, say) is kept: the
+model's External is then not added, and the model only looks inside that External's
+box. Structures of the same name from earlier engines are replaced, with a note.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from scipy import ndimage
+
+from engines.base import EngineContext, EngineError, Structure
+from engines.classical.body_lungs import fill_holes_per_slice
+from engines.segmentation.card import ModelCardError, OutputLabel, Postprocess
+from engines.segmentation.processing import (
+    BoolArray,
+    BoxMask,
+    FloatArray,
+    VolumeGeometry,
+    body_box,
+    crop,
+    infer,
+    margin_px,
+    mask_on_grid,
+    preprocess,
+    threshold_box,
+    to_metatensor,
+)
+from engines.segmentation.runtime import ModelRuntime, RuntimeSettings, SessionCache
+from engines.volume import CTVolume, VolumeError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CARD = Path(__file__).resolve().parents[2] / "config" / "models" / "thorax.yaml"
+
+
+class SegmentationEngine:
+    """Adds the structures of a model card's outputs to ``ctx`` (ONNX Runtime)."""
+
+    name: ClassVar[str] = "segment_onnx"
+    inputs: ClassVar[tuple[str, ...]] = ("ct", "structures")
+    outputs: ClassVar[tuple[str, ...]] = ("structures",)
+
+    def __init__(self, card: str | Path | None = None) -> None:
+        self.default_card = Path(card) if card else DEFAULT_CARD
+        self.sessions = SessionCache()
+
+    def run(self, ctx: EngineContext) -> None:
+        """Segment ``ctx.ct`` and add one Structure per model output found."""
+        runtime = self._runtime(ctx)
+        ct = _volume(ctx)
+        external = _existing_external(ctx.structures)
+        labels = [label for label in runtime.card.outputs.labels if not _skip(label, external)]
+        if external is not None and len(labels) < len(runtime.card.outputs.labels):
+            ctx.notes.append(
+                f"{self.name}: kept the existing {external.name}; the model's External was not added"
+            )
+        try:
+            masks = segment_ct(
+                ct.hu,
+                VolumeGeometry.of(ct),
+                runtime,
+                labels,
+                body=external.mask if external is not None else None,
+                extra_inputs=ctx.params.get("segmentation_inputs"),
+            )
+        except ValueError as exc:
+            raise EngineError(f"{self.name}: {exc}") from exc
+        self._add(ctx, runtime, labels, masks, ct)
+
+    def _runtime(self, ctx: EngineContext) -> ModelRuntime:
+        card_path = Path(ctx.params.get("segmentation_model") or self.default_card)
+        try:
+            settings = RuntimeSettings.from_params(ctx.params)
+            runtime, opened = self.sessions.get(card_path, settings)
+        except (ModelCardError, ValueError) as exc:
+            raise EngineError(f"{self.name}: {exc}") from exc
+        ctx.notes.append(f"{self.name}: {runtime.summary()}")
+        ctx.notes.extend(f"{self.name}: {note}" for note in runtime.notes)
+        if opened:
+            logger.info("job %s: opened %s", ctx.job_id, runtime.summary())
+        return runtime
+
+    def _add(
+        self,
+        ctx: EngineContext,
+        runtime: ModelRuntime,
+        labels: list[OutputLabel],
+        masks: Mapping[str, BoxMask],
+        ct: CTVolume,
+    ) -> None:
+        card = runtime.card
+        earlier = {s.name for s in ctx.structures}
+        for label in labels:
+            found = masks.get(label.name)
+            if found is None:
+                ctx.notes.append(f"{self.name}: {label.name} not found by {card.name}")
+                continue
+            if label.name in earlier:
+                ctx.notes.append(f"{self.name}: {label.name} from an earlier step replaced")
+            ctx.add_structure(
+                Structure(
+                    name=label.name,
+                    mask=found.full(ct.shape),
+                    color_rgb=label.color_rgb,
+                    interpreted_type=label.interpreted_type,
+                    description=f"{card.name} {card.version} (AI draft, review required)",
+                )
+            )
+            logger.info(
+                "job %s: %s %.1f cm3",
+                ctx.job_id,
+                label.name,
+                np.count_nonzero(found.mask) * ct.voxel_volume_cm3,
+            )
+
+
+def segment_ct(
+    hu: FloatArray,
+    geometry: VolumeGeometry,
+    runtime: ModelRuntime,
+    labels: Iterable[OutputLabel] | None = None,
+    *,
+    body: BoolArray | None = None,
+    extra_inputs: Mapping[str, Any] | None = None,
+) -> dict[str, BoxMask]:
+    """Masks of ``labels`` (default: every card output) on the CT grid, by name.
+
+    Parameters
+    ----------
+    hu
+        CT in HU, (slice, row, column), on ``geometry``.
+    body
+        The patient outline when known: the model then sees only its box (plus a
+        margin); otherwise the box of everything above -500 HU.
+    """
+    spec = runtime.card.input
+    clock = _Stopwatch()
+    margin = margin_px(geometry)
+    box = body_box(body, margin) if body is not None else threshold_box(hu, geometry)
+    image = to_metatensor(hu, geometry)
+    if box is not None:
+        image = crop(image, box)
+    image = preprocess(image, spec)
+    clock.lap("preprocess")
+    probs = infer(image, runtime.predictor(extra_inputs), spec)
+    clock.lap(f"inference on {'x'.join(str(n) for n in image.shape[1:])}")
+    out: dict[str, BoxMask] = {}
+    for label in labels if labels is not None else runtime.card.outputs.labels:
+        found = mask_on_grid(probs, label.indices(), geometry)
+        if found is not None:
+            found = postprocess(found, label.postprocess)
+        if found is not None and found.mask.any():
+            out[label.name] = found
+    clock.lap("masks on the CT grid")
+    logger.info("segmentation: %s", clock)
+    return out
+
+
+class _Stopwatch:
+    """Seconds per named phase, for one log line."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._laps: list[tuple[str, float]] = []
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self._laps.append((name, now - self._last))
+        self._last = now
+
+    def __str__(self) -> str:
+        return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self._laps)
+
+
+def postprocess(found: BoxMask, steps: Postprocess) -> BoxMask:
+    """Largest connected component (26-connected) and per-slice hole filling, as asked."""
+    mask = found.mask
+    if steps.largest_component:
+        labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+        if count > 1:
+            sizes = np.bincount(labelled.ravel())
+            sizes[0] = 0
+            mask = labelled == int(np.argmax(sizes))
+    if steps.fill_holes:
+        mask = fill_holes_per_slice(mask)
+    return BoxMask(box=found.box, mask=mask)
+
+
+def _existing_external(structures: Iterable[Structure]) -> Structure | None:
+    for s in structures:
+        if s.interpreted_type == "EXTERNAL" or s.name == "External":
+            return s
+    return None
+
+
+def _skip(label: OutputLabel, external: Structure | None) -> bool:
+    is_external = label.interpreted_type == "EXTERNAL" or label.name == "External"
+    return external is not None and is_external
+
+
+def _volume(ctx: EngineContext) -> CTVolume:
+    try:
+        return ctx.ct
+    except VolumeError as exc:
+        raise EngineError(f"cannot build a CT volume: {exc}") from exc

@@ -1,0 +1,161 @@
+"""Export a PyTorch (MONAI) segmentation network to ONNX, with its model card.
+
+The exported graph has dynamic batch and spatial axes, opset 17 and ``ir_version`` 13
+(onnx 1.23 writes 14 by default; onnxruntime 1.31 reads up to 13). After writing, the
+ONNX model is run in ONNX Runtime (CPU) next to the PyTorch network on the same random
+inputs, at the card's patch size and at a second, different size; the largest absolute
+difference of the logits is reported and must stay below a tolerance. The card is the
+template's content plus the model file name and its sha256.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import yaml
+from torch import nn
+
+from engines.segmentation.card import ModelCard, ModelCardError, file_sha256, write_card
+
+logger = logging.getLogger(__name__)
+
+OPSET = 17
+IR_VERSION = 13
+DEFAULT_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What an export produced."""
+
+    onnx_path: Path
+    card_path: Path
+    sha256: str
+    size_bytes: int
+    max_abs_diff: float
+    shapes_checked: tuple[tuple[int, ...], ...]
+
+
+def export_onnx(
+    network: nn.Module,
+    onnx_path: Path,
+    patch_size: tuple[int, int, int],
+    *,
+    in_channels: int = 1,
+    input_name: str = "image",
+    output_name: str = "logits",
+) -> None:
+    """Write ``network`` (eval mode) as ONNX with dynamic batch and spatial axes."""
+    network.eval()
+    example = torch.zeros(1, in_channels, *patch_size)
+    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    # The TorchScript exporter (dynamo=False) exports MONAI's UNet with dynamic spatial
+    # axes without extra packages; torch 2.13 flags it deprecated, hence the filter.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            network,
+            (example,),
+            str(onnx_path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_axes={input_name: axes, output_name: axes},
+            do_constant_folding=True,
+        )
+    model = onnx.load(str(onnx_path))
+    model.ir_version = IR_VERSION
+    model.producer_name = "rtnode export-model"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(onnx_path))
+
+
+def max_abs_difference(
+    network: nn.Module,
+    onnx_path: Path,
+    shapes: Sequence[tuple[int, ...]],
+    *,
+    input_name: str = "image",
+    seed: int = 0,
+) -> float:
+    """Largest |PyTorch - ONNX Runtime| over the logits of random inputs of ``shapes``."""
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    network.eval()
+    for shape in shapes:
+        x = torch.randn(*shape, generator=generator)
+        with torch.no_grad():
+            expected = network(x).numpy()
+        (actual,) = session.run(None, {input_name: x.numpy()})
+        worst = max(worst, float(np.max(np.abs(expected - actual))))
+    return worst
+
+
+def export_model(
+    network: nn.Module,
+    card_template: dict[str, Any],
+    onnx_path: Path,
+    *,
+    tolerance: float = DEFAULT_TOLERANCE,
+    card_header: str = "",
+) -> ExportReport:
+    """Export ``network`` to ``onnx_path`` and write its card beside it (same stem, .yaml).
+
+    ``card_template`` is a model card without ``model_file`` and ``sha256`` (any values
+    there are replaced). Raises ``ModelCardError`` for an invalid template and
+    ``ValueError`` when ONNX Runtime and PyTorch disagree by more than ``tolerance``.
+    """
+    template = dict(card_template)
+    template.update(model_file=onnx_path.name, sha256="0" * 64)
+    try:
+        draft = ModelCard.model_validate(template)
+    except ValueError as exc:
+        raise ModelCardError(f"invalid card template: {exc}") from exc
+    patch = draft.input.patch_size
+    export_onnx(
+        network, onnx_path, patch, input_name=draft.input.name, output_name=draft.outputs.name
+    )
+    shapes: list[tuple[int, ...]] = [(1, 1, *patch), (2, 1, *_other_size(patch))]
+    diff = max_abs_difference(network, onnx_path, shapes, input_name=draft.input.name)
+    logger.info("export %s: max |PyTorch - ONNX Runtime| = %.3g", onnx_path.name, diff)
+    if not diff <= tolerance:
+        raise ValueError(
+            f"ONNX Runtime and PyTorch disagree: max abs difference {diff:.3g} > {tolerance:g}"
+        )
+    sha = file_sha256(onnx_path)
+    card = draft.model_copy(update={"sha256": sha})
+    card_path = onnx_path.with_suffix(".yaml")
+    write_card(card, card_path, header=card_header)
+    return ExportReport(
+        onnx_path=onnx_path,
+        card_path=card_path,
+        sha256=sha,
+        size_bytes=onnx_path.stat().st_size,
+        max_abs_diff=diff,
+        shapes_checked=tuple(shapes),
+    )
+
+
+def load_card_template(path: Path) -> dict[str, Any]:
+    """A card template (YAML mapping) from disk."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ModelCardError(f"{path}: a card template must be a YAML mapping")
+    return data
+
+
+def _other_size(patch: tuple[int, int, int]) -> tuple[int, int, int]:
+    """A second spatial size, different from the patch, still divisible by 16."""
+    return (max(16, patch[0] - 16), patch[1] + 16, max(16, patch[2]))

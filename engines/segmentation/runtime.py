@@ -1,0 +1,264 @@
+"""ONNX Runtime for segmentation models: providers chosen at run time, sessions cached.
+
+Execution providers are picked when a model is loaded, from what the installed
+onnxruntime build offers (``onnxruntime.get_available_providers()``), in the order
+TensorRT, CUDA, CPU; ``segmentation_providers`` in the job parameters overrides the
+order (names or the short forms ``tensorrt``, ``cuda``, ``cpu``). Every choice and every
+fallback (a requested provider missing from the build, a GPU provider failing to
+initialise) is logged and returned as notes, which the engine appends to the job's
+notes so the audit log and ``rtnode status`` show what ran where.
+
+A :class:`SessionCache` holds one ``InferenceSession`` per model (card, model sha256,
+providers, threads); the engine owns one cache and lives as long as its worker process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+import torch
+
+from engines.segmentation.card import ModelCard, ModelCardError, load_card, verified_model_path
+
+logger = logging.getLogger(__name__)
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PREFERENCE: tuple[str, ...] = (TENSORRT, CUDA, CPU)
+ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "gpu": CUDA, "cpu": CPU}
+_GRAPH_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass(frozen=True)
+class ProviderChoice:
+    """Providers to ask ONNX Runtime for, in order, and why."""
+
+    providers: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+def choose_providers(requested: Sequence[str] | None, available: Sequence[str]) -> ProviderChoice:
+    """Pick execution providers from ``available``.
+
+    ``requested`` (None or empty: automatic, TensorRT > CUDA > CPU) is an ordered list
+    of provider names or aliases. Requested providers missing from ``available`` are
+    dropped with a note; CPU is always appended as the last resort.
+    """
+    notes: list[str] = []
+    if requested:
+        wanted = [ALIASES.get(name.lower(), name) for name in requested]
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            notes.append(
+                f"requested {', '.join(missing)} not available in this onnxruntime build "
+                f"(available: {', '.join(available)})"
+            )
+        chosen = [name for name in wanted if name in available]
+    else:
+        chosen = [name for name in PREFERENCE if name in available]
+        skipped = [name for name in PREFERENCE[:-1] if name not in available]
+        if skipped:
+            notes.append(f"{', '.join(skipped)} not available; GPU execution not possible here")
+    if CPU not in chosen:
+        chosen.append(CPU)
+    return ProviderChoice(tuple(dict.fromkeys(chosen)), tuple(notes))
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How sessions are opened; every field has a default (automatic providers).
+
+    Job parameters: ``segmentation_providers`` (list or comma-separated string),
+    ``segmentation_threads`` (intra-op threads, 0 = one per physical core),
+    ``segmentation_graph_optimization`` (disable, basic, extended, all).
+    """
+
+    providers: tuple[str, ...] = ()
+    intra_op_threads: int = 0
+    graph_optimization: str = "all"
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> RuntimeSettings:
+        raw = params.get("segmentation_providers") or ()
+        providers = tuple(p.strip() for p in raw.split(",")) if isinstance(raw, str) else tuple(raw)
+        level = str(params.get("segmentation_graph_optimization", "all")).lower()
+        if level not in _GRAPH_LEVELS:
+            raise ValueError(
+                f"segmentation_graph_optimization must be one of {', '.join(_GRAPH_LEVELS)}"
+            )
+        return cls(
+            providers=tuple(p for p in providers if p),
+            intra_op_threads=int(params.get("segmentation_threads", 0)),
+            graph_optimization=level,
+        )
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = _GRAPH_LEVELS[self.graph_optimization]
+        options.intra_op_num_threads = self.intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        return options
+
+
+@dataclass
+class ModelRuntime:
+    """A loaded model: its card, its ONNX Runtime session and the providers in use."""
+
+    card: ModelCard
+    card_path: Path
+    session: ort.InferenceSession
+    notes: tuple[str, ...] = ()
+    extra_defaults: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+
+    @property
+    def providers(self) -> list[str]:
+        """Providers the session actually uses, highest priority first."""
+        result: list[str] = self.session.get_providers()
+        return result
+
+    def summary(self) -> str:
+        card = self.card
+        return f"model {card.name} {card.version} ({card.precision}) on {self.providers[0]}"
+
+    def predictor(
+        self, extra_inputs: Mapping[str, Any] | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A MONAI predictor: (B, 1, *patch) image tensor -> (B, C, *patch) softmax probabilities."""
+        feeds = self._extra_feeds(extra_inputs or {})
+        input_name = self.card.input.name
+        output_name = self.card.outputs.name
+
+        def predict(batch: torch.Tensor) -> torch.Tensor:
+            array = np.ascontiguousarray(batch.detach().cpu().numpy(), dtype=np.float32)
+            extra = {name: np.repeat(v[None], array.shape[0], axis=0) for name, v in feeds.items()}
+            (logits,) = self.session.run([output_name], {input_name: array, **extra})
+            return torch.softmax(torch.from_numpy(logits), dim=1)
+
+        return predict
+
+    def _extra_feeds(self, given: Mapping[str, Any]) -> dict[str, npt.NDArray[np.float32]]:
+        feeds: dict[str, npt.NDArray[np.float32]] = {}
+        for spec in self.card.extra_inputs:
+            if spec.name in given:
+                value = np.asarray(given[spec.name], dtype=np.float32).reshape(-1)
+                if value.size != spec.length:
+                    raise ValueError(
+                        f"extra input {spec.name} needs {spec.length} values, got {value.size}"
+                    )
+                feeds[spec.name] = value
+            elif spec.required:
+                raise ValueError(f"model {self.card.name} needs extra input {spec.name!r}")
+            else:
+                feeds[spec.name] = np.zeros(spec.length, dtype=np.float32)
+        return feeds
+
+
+def open_runtime(card_path: Path, settings: RuntimeSettings | None = None) -> ModelRuntime:
+    """Load a card, check its model file's sha256, open a session on the chosen providers.
+
+    Raises
+    ------
+    ModelCardError
+        When the card is invalid, the model file missing or changed, or the ONNX graph's
+        inputs and outputs do not match the card.
+    """
+    settings = settings or RuntimeSettings()
+    card = load_card(card_path)
+    model = verified_model_path(card, card_path)
+    choice = choose_providers(settings.providers, ort.get_available_providers())
+    session, notes = _open_session(model, settings, choice)
+    _check_signature(card, card_path, session)
+    runtime = ModelRuntime(card=card, card_path=card_path, session=session, notes=tuple(notes))
+    logger.info("segmentation %s (%s)", runtime.summary(), "; ".join(notes) or "no fallback")
+    return runtime
+
+
+def _open_session(
+    model: Path, settings: RuntimeSettings, choice: ProviderChoice
+) -> tuple[ort.InferenceSession, list[str]]:
+    notes = list(choice.notes)
+    options = settings.session_options()
+    try:
+        session = ort.InferenceSession(str(model), options, providers=list(choice.providers))
+    except Exception as exc:  # a GPU provider failing to start must not stop CPU inference
+        if choice.providers == (CPU,):
+            raise
+        notes.append(f"{choice.providers[0]} failed to start ({exc}); falling back to {CPU}")
+        logger.warning("segmentation: %s", notes[-1])
+        session = ort.InferenceSession(str(model), settings.session_options(), providers=[CPU])
+    actual = session.get_providers()
+    if actual[0] != choice.providers[0]:
+        notes.append(f"{choice.providers[0]} could not be initialised; running on {actual[0]}")
+        logger.warning("segmentation: %s", notes[-1])
+    return session, notes
+
+
+def _check_signature(card: ModelCard, card_path: Path, session: ort.InferenceSession) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name: o for o in session.get_outputs()}
+    problems = []
+    declared = {card.input.name, *(e.name for e in card.extra_inputs)}
+    if card.input.name not in inputs:
+        problems.append(f"the model has no input {card.input.name!r} (it has {', '.join(inputs)})")
+    elif len(inputs[card.input.name].shape) != 5:
+        problems.append(f"input {card.input.name!r} must be 5-D (batch, channel, x, y, z)")
+    problems += [
+        f"model input {name!r} is not declared in the card"
+        for name in inputs
+        if name not in declared
+    ]
+    problems += [
+        f"extra input {e.name!r} is declared in the card but not a model input"
+        for e in card.extra_inputs
+        if e.name not in inputs
+    ]
+    if card.outputs.name not in outputs:
+        problems.append(
+            f"the model has no output {card.outputs.name!r} (it has {', '.join(outputs)})"
+        )
+    else:
+        channels = outputs[card.outputs.name].shape[1]
+        if isinstance(channels, int) and channels != card.outputs.channels:
+            problems.append(
+                f"the model outputs {channels} channels, the card says {card.outputs.channels}"
+            )
+    if problems:
+        raise ModelCardError(f"{card_path}: model and card disagree: " + "; ".join(problems))
+
+
+class SessionCache:
+    """Open runtimes keyed by card path, model sha256 and settings (one per worker process)."""
+
+    def __init__(self) -> None:
+        self._runtimes: dict[tuple[str, str, RuntimeSettings], ModelRuntime] = {}
+
+    def get(self, card_path: Path, settings: RuntimeSettings) -> tuple[ModelRuntime, bool]:
+        """The runtime for ``card_path`` and whether it was opened by this call.
+
+        The card is re-read on every call (it is small); a changed model file (new
+        sha256 in the card) opens a new session.
+        """
+        card = load_card(card_path)
+        key = (str(card_path.resolve()), card.sha256, settings)
+        if key in self._runtimes:
+            return self._runtimes[key], False
+        runtime = open_runtime(card_path, settings)
+        self._runtimes[key] = runtime
+        return runtime, True
+
+    def __len__(self) -> int:
+        return len(self._runtimes)

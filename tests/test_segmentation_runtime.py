@@ -1,0 +1,272 @@
+"""ONNX Runtime sessions: provider choice and fallback notes, caching, card/model checks.
+
+The models here are tiny and made in the test (no shipped model needed). This machine's
+onnxruntime is the CPU build; a GPU provider that the build lacks is the real fallback
+path (onnxruntime starts on CPU and says so), exercised by advertising CUDA as available.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from engines.base import EngineContext, EngineError
+from engines.segmentation import runtime as runtime_module
+from engines.segmentation.card import ModelCard, ModelCardError, file_sha256, write_card
+from engines.segmentation.engine import SegmentationEngine
+from engines.segmentation.export import export_model
+from engines.segmentation.network import ResidualUNet
+from engines.segmentation.runtime import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    RuntimeSettings,
+    SessionCache,
+    choose_providers,
+    open_runtime,
+)
+
+
+def tiny_template(**changes: Any) -> dict[str, Any]:
+    """A valid card template for a 3-channel model (External = 1 + 2, Heart = 2)."""
+    card: dict[str, Any] = {
+        "name": "tiny-test-model",
+        "version": "0.0.1",
+        "intended_use": "unit tests only",
+        "input": {
+            "spacing_mm": [4.0, 4.0, 4.0],
+            "orientation": "RAS",
+            "intensity": {
+                "window_hu": [-1000, 1000],
+                "normalisation": {"kind": "linear", "out_range": [-1, 1]},
+            },
+            "patch_size": [32, 32, 16],
+            "overlap": 0.25,
+        },
+        "outputs": {
+            "channels": 3,
+            "labels": [
+                {
+                    "index": 1,
+                    "name": "External",
+                    "color_rgb": [0, 255, 0],
+                    "interpreted_type": "EXTERNAL",
+                    "covers": [1, 2],
+                    "postprocess": {"largest_component": True, "fill_holes": True},
+                },
+                {
+                    "index": 2,
+                    "name": "Heart",
+                    "color_rgb": [255, 0, 128],
+                    "interpreted_type": "ORGAN",
+                },
+            ],
+        },
+    }
+    card.update(changes)
+    return card
+
+
+def tiny_network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return ResidualUNet(
+        spatial_dims=3,
+        in_channels=1,
+        out_channels=3,
+        channels=(4, 8),
+        strides=(2,),
+        num_res_units=1,
+        norm="BATCH",
+        act="RELU",
+    ).eval()
+
+
+@functools.cache
+def _exported_tiny_model() -> Path:
+    """The tiny network exported once per test session (export takes a second or two)."""
+    directory = Path(tempfile.mkdtemp(prefix="rtnode-tiny-model-"))
+    atexit.register(shutil.rmtree, directory, True)
+    return export_model(tiny_network(), tiny_template(), directory / "tiny.onnx").card_path
+
+
+def make_tiny_model(directory: Path) -> Path:
+    """A private copy of the exported tiny model and its card in ``directory``."""
+    card = _exported_tiny_model()
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in (card, card.with_suffix(".onnx")):
+        shutil.copyfile(path, directory / path.name)
+    return directory / card.name
+
+
+def make_context_model(directory: Path, *, required: bool) -> Path:
+    """A 1x1x1-conv model with a second input ``context`` (N, 4); returns the card path."""
+    nodes = [
+        helper.make_node("Conv", ["image", "w", "b"], ["c"]),
+        helper.make_node("ReduceSum", ["context", "axes"], ["s"], keepdims=1),
+        helper.make_node("Mul", ["s", "zero"], ["z"]),
+        helper.make_node("Reshape", ["z", "shape"], ["z5"]),
+        helper.make_node("Add", ["c", "z5"], ["logits"]),
+    ]
+    inits = [
+        helper.make_tensor("w", TensorProto.FLOAT, [3, 1, 1, 1, 1], [1.0, -1.0, 0.5]),
+        helper.make_tensor("b", TensorProto.FLOAT, [3], [0.0, 0.0, 0.0]),
+        helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("shape", TensorProto.INT64, [5], [-1, 1, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "context_model",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, "x", "y", "z"]),
+            helper.make_tensor_value_info("context", TensorProto.FLOAT, ["n", 4]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3, "x", "y", "z"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 13
+    path = directory / "context.onnx"
+    onnx.save(model, str(path))
+    extra = [{"name": "context", "length": 4, "required": required, "description": "test"}]
+    card = ModelCard.model_validate(
+        tiny_template(model_file=path.name, sha256=file_sha256(path), extra_inputs=extra)
+    )
+    card_path = directory / "context.yaml"
+    write_card(card, card_path)
+    return card_path
+
+
+@pytest.fixture(scope="module")
+def tiny_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+# --------------------------------------------------------------------------- providers
+
+
+def test_automatic_choice_prefers_tensorrt_then_cuda_then_cpu() -> None:
+    choice = choose_providers(None, ["CPUExecutionProvider", CUDA, TENSORRT])
+    assert choice.providers == (TENSORRT, CUDA, CPU)
+    assert choice.notes == ()
+
+
+def test_cpu_only_build_says_gpu_is_not_possible() -> None:
+    choice = choose_providers(None, [CPU, "AzureExecutionProvider"])
+    assert choice.providers == (CPU,)
+    assert "TensorrtExecutionProvider, CUDAExecutionProvider not available" in choice.notes[0]
+
+
+def test_requested_provider_missing_falls_back_to_cpu_with_note() -> None:
+    choice = choose_providers(["cuda"], [CPU])
+    assert choice.providers == (CPU,)
+    assert "requested CUDAExecutionProvider not available" in choice.notes[0]
+
+
+def test_requested_order_is_kept_and_cpu_appended() -> None:
+    assert choose_providers(["cuda"], [TENSORRT, CUDA, CPU]).providers == (CUDA, CPU)
+    assert choose_providers(["CPUExecutionProvider"], [CUDA, CPU]).providers == (CPU,)
+
+
+def test_settings_from_params() -> None:
+    settings = RuntimeSettings.from_params(
+        {"segmentation_providers": "cuda, cpu", "segmentation_threads": 2}
+    )
+    assert settings.providers == ("cuda", "cpu")
+    assert settings.intra_op_threads == 2
+    with pytest.raises(ValueError, match="segmentation_graph_optimization"):
+        RuntimeSettings.from_params({"segmentation_graph_optimization": "max"})
+
+
+def test_gpu_that_cannot_start_runs_on_cpu_and_says_so(
+    tiny_card: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(runtime_module.ort, "get_available_providers", lambda: [CUDA, CPU])
+    with caplog.at_level(logging.WARNING, logger="engines.segmentation.runtime"):
+        runtime = open_runtime(tiny_card)
+    assert runtime.providers[0] == CPU
+    assert any("CUDAExecutionProvider" in n and CPU in n for n in runtime.notes), runtime.notes
+    assert any("CUDAExecutionProvider" in r.message for r in caplog.records)
+
+
+def test_engine_notes_show_provider_and_fallback(tiny_card: Path, tmp_path: Path) -> None:
+    engine = SegmentationEngine(card=tiny_card)
+    ctx = EngineContext(
+        job_id=7, input_files=[], output_dir=tmp_path, params={"segmentation_providers": ["cuda"]}
+    )
+    runtime = engine._runtime(ctx)
+    assert runtime.providers == [CPU]
+    assert any("on CPUExecutionProvider" in n for n in ctx.notes), ctx.notes
+    assert any("requested CUDAExecutionProvider not available" in n for n in ctx.notes), ctx.notes
+
+
+# --------------------------------------------------------------------------- sessions
+
+
+def test_one_session_per_model_and_settings(tiny_card: Path) -> None:
+    cache = SessionCache()
+    first, opened = cache.get(tiny_card, RuntimeSettings())
+    again, reopened = cache.get(tiny_card, RuntimeSettings())
+    assert opened and not reopened
+    assert again is first and len(cache) == 1
+    cache.get(tiny_card, RuntimeSettings(intra_op_threads=1))
+    assert len(cache) == 2
+
+
+def test_predictor_returns_softmax_probabilities(tiny_card: Path) -> None:
+    runtime = open_runtime(tiny_card)
+    probs = runtime.predictor()(torch.randn(2, 1, 32, 32, 16))
+    assert probs.shape == (2, 3, 32, 32, 16)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(2, 32, 32, 16), atol=1e-5)
+
+
+def test_card_and_model_must_agree(tiny_card: Path, tmp_path: Path) -> None:
+    model = tiny_card.with_suffix(".onnx")
+    card = ModelCard.model_validate(
+        tiny_template(
+            model_file=str(model),
+            sha256=file_sha256(model),
+            input={**tiny_template()["input"], "name": "ct"},
+        )
+    )
+    wrong = tmp_path / "wrong.yaml"
+    write_card(card, wrong)
+    with pytest.raises(ModelCardError, match="model has no input 'ct'"):
+        open_runtime(wrong)
+
+
+def test_engine_reports_a_bad_card_as_engine_error(tmp_path: Path) -> None:
+    engine = SegmentationEngine(card=tmp_path / "missing.yaml")
+    ctx = EngineContext(job_id=1, input_files=[], output_dir=tmp_path)
+    with pytest.raises(EngineError, match="cannot read model card"):
+        engine.run(ctx)
+
+
+# --------------------------------------------------------------------------- extra inputs
+
+
+def test_optional_extra_input_is_fed_zeros_when_absent(tmp_path: Path) -> None:
+    runtime = open_runtime(make_context_model(tmp_path, required=False))
+    probs = runtime.predictor()(torch.ones(1, 1, 8, 8, 4))
+    given = runtime.predictor({"context": [1, 2, 3, 4]})(torch.ones(1, 1, 8, 8, 4))
+    assert torch.allclose(probs, given)
+    with pytest.raises(ValueError, match="needs 4 values"):
+        runtime.predictor({"context": [1, 2]})
+
+
+def test_required_extra_input_missing_is_an_error(tmp_path: Path) -> None:
+    runtime = open_runtime(make_context_model(tmp_path, required=True))
+    with pytest.raises(ValueError, match="needs extra input 'context'"):
+        runtime.predictor()
+    assert runtime.predictor({"context": np.zeros(4)}) is not None
