@@ -46,6 +46,16 @@ class Structure:
         return int(np.count_nonzero(self.mask))
 
 
+@dataclass(frozen=True)
+class ClinicalDocument:
+    """Clinical text joined to the job's series (DICOM SR, a PDF's text layer, or text
+    given with ``rtnode submit-text``)."""
+
+    source: str  # e.g. "SR 1.2.826...", "PDF 1.2.826...", "submit-text"
+    text: str
+    received_at: str = ""  # ISO 8601, UTC
+
+
 @dataclass
 class EngineContext:
     """What a pipeline passes from engine to engine inside one job."""
@@ -57,6 +67,11 @@ class EngineContext:
     structures: list[Structure] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Clinical text joined to this series by the node (empty when none arrived in time),
+    # and the text stage's validated result: the JSON object ``rtnode clinical --json``
+    # prints (facts, disagreements, strategy, summary), or None when no text stage ran.
+    clinical_documents: list[ClinicalDocument] = field(default_factory=list)
+    clinical: dict[str, Any] | None = None
     _ct: CTVolume | None = None
 
     @property
