@@ -9,6 +9,7 @@ ground-truth masks are exact at voxel centres.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -913,6 +914,59 @@ def make_text_sr(
     return ds
 
 
+def sr_item(
+    value_type: str,
+    concept: str,
+    value: str | tuple[str, str] | None = None,
+    children: Sequence[Dataset] = (),
+    relationship: str = "CONTAINS",
+) -> Dataset:
+    """One SR content item: ``concept`` is a code meaning (local code ``99RTN``); ``value``
+    is the text (TEXT), a code meaning (CODE), ``(number, UCUM units)`` (NUM), a DICOM date
+    (DATE) or None (CONTAINER)."""
+    item = Dataset()
+    item.RelationshipType, item.ValueType = relationship, value_type
+    item.ConceptNameCodeSequence = [
+        _code(f"RTN{zlib.crc32(concept.encode()) % 10**6}", "99RTN", concept)
+    ]
+    if value_type == "CONTAINER":
+        item.ContinuityOfContent = "SEPARATE"
+    elif value_type == "TEXT":
+        item.TextValue = value
+    elif value_type == "CODE":
+        item.ConceptCodeSequence = [
+            _code(f"RTC{zlib.crc32(str(value).encode()) % 10**6}", "99RTN", str(value))
+        ]
+    elif value_type == "NUM" and value is not None:
+        number, units = value if isinstance(value, tuple) else (str(value), "1")
+        measured = Dataset()
+        measured.NumericValue = number
+        measured.MeasurementUnitsCodeSequence = [_code(units, "UCUM", units)]
+        item.MeasuredValueSequence = [measured]
+    elif value_type == "DATE":
+        item.Date = value
+    if children:
+        item.ContentSequence = list(children)
+    return item
+
+
+def make_structured_sr(
+    content: Sequence[Dataset],
+    patient_id: str = DEFAULT_PATIENT_ID,
+    study_uid: str | None = None,
+    sop_class: Literal["basic", "enhanced", "comprehensive"] = "comprehensive",
+    *,
+    accession_number: str = "",
+    title: str = "Radiotherapy consultation",
+) -> Dataset:
+    """An SR document whose root CONTAINER holds ``content`` (build items with sr_item)."""
+    ds = make_text_sr("placeholder", patient_id, study_uid, sop_class)
+    ds.AccessionNumber = accession_number
+    ds.ConceptNameCodeSequence = [_code("11488-4", "LN", title)]
+    ds.ContentSequence = list(content)
+    return ds
+
+
 def make_encapsulated_pdf(
     text: str = "Radiotherapy referral",
     patient_id: str = DEFAULT_PATIENT_ID,
@@ -941,10 +995,13 @@ def make_encapsulated_pdf(
 
 
 def minimal_pdf(text: str) -> bytes:
-    """A valid one-page PDF 1.4 file showing ``text`` (ASCII) in Helvetica."""
-    safe = text.encode("ascii", "replace").decode().replace("\\", "\\\\")
-    safe = safe.replace("(", "\\(").replace(")", "\\)")
-    stream = f"BT /F1 12 Tf 72 720 Td ({safe}) Tj ET".encode()
+    """A valid one-page PDF 1.4 file showing ``text`` (ASCII, one line per ``\\n``) in
+    Helvetica: a PDF with a real text layer."""
+    lines = []
+    for line in text.split("\n"):
+        safe = line.encode("ascii", "replace").decode().replace("\\", "\\\\")
+        lines.append("(" + safe.replace("(", "\\(").replace(")", "\\)") + ") Tj")
+    stream = f"BT /F1 12 Tf 14 TL 72 720 Td {' T* '.join(lines)} ET".encode()
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
