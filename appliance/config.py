@@ -129,6 +129,12 @@ class NodeConfig(_Strict):
     engines: EngineSettings = EngineSettings()
     rules_file: Path = Path("rules.yaml")
     structure_template: Path = Path("structures.yaml")
+    # Site (or test) engines: pipeline step name -> "package.module:Class", importable
+    # in the worker processes. Default: none.
+    engine_plugins: dict[
+        Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")],
+        Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")],
+    ] = Field(default_factory=dict)
 
 
 class LoadedConfig(BaseModel):

@@ -20,6 +20,7 @@ def check_all(config_path: Path) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     rules_file: Path | None
     template: Path | None
+    plugins: list[str] = []
     try:
         cfg = load_config(config_path).config
         rules_file, template, dests = (
@@ -27,12 +28,14 @@ def check_all(config_path: Path) -> list[ConfigProblem]:
             cfg.structure_template,
             sorted(cfg.destinations),
         )
+        plugins = sorted(cfg.engine_plugins)
     except ConfigError as exc:
         problems += exc.problems
         rules_file, template, dests = _raw_paths(config_path)
     if rules_file is not None:
         try:
-            load_rules(rules_file, engines=engine_names(), destinations=dests)
+            engines = sorted({*engine_names(), *plugins})
+            load_rules(rules_file, engines=engines, destinations=dests)
         except ConfigError as exc:
             problems += exc.problems
     if template is not None:

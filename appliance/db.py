@@ -36,6 +36,25 @@ class JobState:
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    WAITING = "waiting"  # for clinical text, until a document arrives or the deadline passes
+    SKIPPED = "skipped"  # no text arrived and the rule's fallback is to run nothing
+
+
+class TextOutcome:
+    """How a job whose rule needs clinical text got (or did not get) it."""
+
+    NOT_NEEDED = ""
+    WAITING = "waiting"
+    JOINED = "joined"
+    FALLBACK = "fallback"
+    SKIPPED = "skipped"
+
+
+class DocumentState:
+    NEW = "new"  # not yet seen by the node's clinical-text tick
+    STORED = "stored"  # seen; no job needed it (yet)
+    JOINED = "joined"  # joined to at least one job
+    LATE = "late"  # arrived after a job of its patient/study had taken the fallback
 
 
 class DeliveryState:
@@ -95,6 +114,33 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # clinical text (migration 0002): join key, wait deadline, fallback, joined documents
+    accession_number: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    text_outcome: Mapped[str] = mapped_column(String(16), default="", server_default="")
+    text_deadline: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    fallback_pipeline: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    clinical_document_ids: Mapped[list[int]] = mapped_column(
+        JSON, default=list, server_default="[]"
+    )
+
+
+class ClinicalDocumentRow(Base):
+    """Clinical text received as SR/PDF or given with ``rtnode submit-text``.
+
+    Joined to a CT by ``patient_id`` and (``study_uid`` or ``accession_number``).
+    """
+
+    __tablename__ = "clinical_documents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    accession_number: Mapped[str] = mapped_column(String(64), default="", index=True)
+    source_kind: Mapped[str] = mapped_column(String(16))  # "SR", "PDF", "submit-text"
+    source_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(DateTime)
+    state: Mapped[str] = mapped_column(String(16), default=DocumentState.NEW, index=True)
 
 
 class Delivery(Base):

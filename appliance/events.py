@@ -126,6 +126,66 @@ class NodeStopping(Event):
     reason: str = ""
 
 
+@dataclass(frozen=True)
+class ClinicalTextReceived(Event):
+    """A clinical document was stored (its text is in the database, never in the audit)."""
+
+    document_id: int = 0
+    source: str = ""  # "SR <SOP Instance UID>", "PDF <SOP Instance UID>" or "submit-text"
+    accession_number: str = ""
+    chars: int = 0
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class ClinicalTextRejected(Event):
+    source: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ClinicalTextWaiting(Event):
+    rule: str = ""
+    wait_seconds: float = 0.0
+    deadline: str = ""
+
+
+@dataclass(frozen=True)
+class ClinicalTextJoined(Event):
+    """The job runs its full pipeline with these documents."""
+
+    rule: str = ""
+    document_ids: list[int] = field(default_factory=list)
+    waited_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClinicalTextMissingFallback(Event):
+    """No text arrived in time: the job runs the rule's ``without_text`` pipeline."""
+
+    rule: str = ""
+    pipeline: list[str] = field(default_factory=list)
+    waited_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClinicalTextMissingSkipped(Event):
+    """No text arrived in time and the rule's ``without_text`` is empty: nothing runs."""
+
+    rule: str = ""
+    waited_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class ClinicalTextLate(Event):
+    """A document arrived after a job of its case had taken the fallback (or was skipped)."""
+
+    document_id: int = 0
+    source: str = ""
+    rule: str = ""
+    outcome: str = ""
+
+
 Listener = Callable[[Any], None]
 
 

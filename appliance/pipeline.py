@@ -15,7 +15,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from engines.base import Engine, EngineContext, EngineError
+from engines.base import ClinicalDocument, Engine, EngineContext, EngineError
 from engines.registry import UnknownEngine, create_engine, register_engine
 from engines.volume import VolumeError
 
@@ -30,6 +30,7 @@ class JobRequest:
     output_dir: str
     params: dict[str, Any] = field(default_factory=dict)
     warm_only: bool = False  # load the pipeline's engines, run nothing
+    clinical_documents: list[ClinicalDocument] = field(default_factory=list)  # joined text
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class PipelineRunner:
             input_files=[Path(p) for p in req.input_files],
             output_dir=out_dir,
             params=dict(req.params),
+            clinical_documents=list(req.clinical_documents),
         )
         try:
             for name in req.pipeline:

@@ -15,6 +15,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
 from appliance.audit import AuditLog
+from appliance.clinical_store import ClinicalStore
+from appliance.clinical_text import ClinicalText
 from appliance.clock import Clock, SystemClock
 from appliance.config import LoadedConfig
 from appliance.db import create_engine, migrate
@@ -36,7 +38,7 @@ from dicom_node.scp import CallerGate, start_server
 from dicom_node.spool import Spool
 from engines.registry import engine_names
 from rules.matcher import load_rules, matching_rules
-from rules.schema import RuleSet
+from rules.schema import Rule, RuleSet
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class Node:
     ) -> None:
         self.loaded = loaded
         self.cfg = loaded.config
+        extra_engines = {**self.cfg.engine_plugins, **(extra_engines or {})}
         self.clock = clock or SystemClock()
         self.paths = NodePaths(self.cfg.node.data_dir)
         self.ruleset = load_node_rules(loaded, extra_engines)
@@ -102,8 +105,17 @@ class Node:
             quiet_seconds=self.cfg.completion.quiet_seconds,
             min_free_bytes=self.cfg.storage.min_free_disk_mb * 1024 * 1024,
         )
+        self.clinical_store = ClinicalStore(self.db)
+        self.clinical = ClinicalText(
+            self.clinical_store, self.bus, self.clock, self.store.series_files
+        )
         self.pool = WorkerPool(
-            self.store, self.bus, self.clock, self._pool_settings(extra_engines), self._job_done
+            self.store,
+            self.bus,
+            self.clock,
+            self._pool_settings(extra_engines),
+            self._job_done,
+            documents=self.clinical_store.documents_for,
         )
         self.delivery = DeliveryManager(
             self.store,
@@ -127,7 +139,7 @@ class Node:
                 **self.cfg.engines.as_params(),
             },
             extra_engines=dict(extra_engines or {}),
-            warm_engines=tuple(sorted({step for r in self.ruleset.rules for step in r.pipeline})),
+            warm_engines=tuple(sorted({step for r in self.ruleset.rules for step in _steps(r)})),
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -231,6 +243,8 @@ class Node:
             attrs = self.store.complete_series(series_uid, self.clock.now())
             if attrs is not None:
                 self._completed(attrs)
+        if self.clinical.tick():  # documents joined (also from submit-text), waits expired
+            self.pool.notify()
         return len(due)
 
     def _completed(self, attrs: dict[str, Any]) -> None:
@@ -240,29 +254,46 @@ class Node:
                 **ids, instance_count=attrs["InstanceCount"], generation=attrs["_generation"]
             )
         )
+        self.clinical.ingest_series(attrs)  # SR / PDF: store its text for joining
         rules = matching_rules(self.ruleset, attrs)
         if not rules:
             self.bus.publish(NoRuleMatched(**ids, modality=str(attrs.get("Modality", ""))))
             return
         for rule in rules:
+            self._create_job(attrs, rule, ids)
+        self.pool.notify()
+
+    def _create_job(self, attrs: dict[str, Any], rule: Rule, ids: dict[str, Any]) -> None:
+        max_attempts = self.cfg.workers.max_attempts
+        if rule.clinical_text is not None:
+            job = self.clinical.create_job(attrs, rule, max_attempts)
+            job_id = job.id
+        else:
             job_id = self.store.create_job(
                 attrs,
                 rule.name,
                 list(rule.pipeline),
                 list(rule.destinations),
-                self.cfg.workers.max_attempts,
+                max_attempts,
                 self.clock.now(),
             )
-            self.bus.publish(
-                RuleMatched(
-                    **ids,
-                    job_id=job_id,
-                    rule=rule.name,
-                    pipeline=list(rule.pipeline),
-                    destinations=list(rule.destinations),
-                )
+        self.bus.publish(
+            RuleMatched(
+                **ids,
+                job_id=job_id,
+                rule=rule.name,
+                pipeline=list(rule.pipeline),
+                destinations=list(rule.destinations),
             )
-        self.pool.notify()
+        )
+        if rule.clinical_text is not None:
+            self.clinical.announce(job, rule)
+
+
+def _steps(rule: Rule) -> list[str]:
+    """Every engine a rule may run: its pipeline and its without-text fallback."""
+    fallback = rule.clinical_text.without_text if rule.clinical_text else []
+    return [*rule.pipeline, *fallback]
 
 
 def _ids(attrs: dict[str, Any]) -> dict[str, Any]:

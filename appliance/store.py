@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -76,6 +76,7 @@ class JobView:
     last_error: str
     outputs: list[str]
     notes: list[str]
+    clinical_document_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ class DeliveryView:
     series_uid: str
 
 
-def _job_view(job: Job) -> JobView:
+def job_view(job: Job) -> JobView:
     return JobView(
         id=job.id,
         series_uid=job.series_uid,
@@ -105,7 +106,20 @@ def _job_view(job: Job) -> JobView:
         last_error=job.last_error,
         outputs=list(job.outputs or []),
         notes=list(job.notes or []),
+        clinical_document_ids=list(job.clinical_document_ids or []),
     )
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One short transaction; back-end errors become :class:`StoreError` subclasses."""
+    try:
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+    except IntegrityError as exc:
+        raise DuplicateInstance(str(exc.orig)) from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 class Store:
@@ -114,15 +128,8 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    @contextmanager
-    def _tx(self) -> Iterator[Session]:
-        try:
-            with Session(self._engine, expire_on_commit=False) as session, session.begin():
-                yield session
-        except IntegrityError as exc:
-            raise DuplicateInstance(str(exc.orig)) from exc
-        except SQLAlchemyError as exc:
-            raise StoreError(str(exc)) from exc
+    def _tx(self) -> AbstractContextManager[Session]:
+        return transaction(self._engine)
 
     # -- instances and series -------------------------------------------------
 
@@ -253,7 +260,7 @@ class Store:
             job.state = JobState.RUNNING
             job.attempts += 1
             job.started_at = now
-            return _job_view(job)
+            return job_view(job)
 
     def finish_job(
         self,
@@ -279,7 +286,7 @@ class Store:
                         last_error="",
                     )
                 )
-            return _job_view(job)
+            return job_view(job)
 
     def fail_job(self, job_id: int, error: str, now: datetime, *, permanent: bool) -> JobView:
         """Record a failed attempt: back to pending, or failed when out of attempts."""
@@ -290,7 +297,7 @@ class Store:
             job.state = JobState.FAILED if exhausted else JobState.PENDING
             if exhausted:
                 job.finished_at = now
-            return _job_view(job)
+            return job_view(job)
 
     def requeue_interrupted_jobs(self) -> int:
         """After a restart, jobs left running go back to pending (or fail if exhausted)."""
@@ -304,7 +311,7 @@ class Store:
     def get_job(self, job_id: int) -> JobView | None:
         with self._tx() as s:
             job = s.get(Job, job_id)
-            return _job_view(job) if job else None
+            return job_view(job) if job else None
 
     def jobs_by_state(self) -> dict[str, int]:
         with self._tx() as s:
@@ -316,7 +323,7 @@ class Store:
             stmt = select(Job).order_by(Job.id.desc()).limit(limit)
             if state:
                 stmt = stmt.where(Job.state == state)
-            return [_job_view(j) for j in s.scalars(stmt)]
+            return [job_view(j) for j in s.scalars(stmt)]
 
     # -- deliveries -------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from appliance.clock import Clock
 from appliance.events import EventBus, JobFinished, JobStarted
 from appliance.pipeline import JobRequest, JobResult, worker_main
 from appliance.store import JobView, Store, StoreError
+from engines.base import ClinicalDocument
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +139,11 @@ class WorkerPool:
         clock: Clock,
         settings: PoolSettings,
         on_job_done: Callable[[JobView], None] | None = None,
+        *,
+        documents: Callable[[list[int]], list[ClinicalDocument]] | None = None,
     ) -> None:
         self._on_job_done = on_job_done
+        self._documents = documents
         self._store = store
         self._bus = bus
         self._clock = clock
@@ -210,6 +214,7 @@ class WorkerPool:
                 self._settings.output_root / f"job-{job.id}" / f"attempt-{job.attempts}"
             ),
             params=self._settings.params,
+            clinical_documents=self._job_documents(job),
         )
         ids: dict[str, Any] = {
             "patient_id": job.patient_id,
@@ -226,6 +231,12 @@ class WorkerPool:
             return result  # shutting down: the job stays running and is requeued at start
         self._record(job, result, ids)
         return result
+
+    def _job_documents(self, job: JobView) -> list[ClinicalDocument]:
+        """The clinical documents joined to the job (read when it starts)."""
+        if self._documents is None or not job.clinical_document_ids:
+            return []
+        return self._documents(job.clinical_document_ids)
 
     def _record(self, job: JobView, result: JobResult, ids: dict[str, Any]) -> None:
         now = self._clock.now()

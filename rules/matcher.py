@@ -31,6 +31,12 @@ def load_rules(
             if engines is not None and name not in engines:
                 msg = f"unknown engine {name!r} (known: {', '.join(engines)})"
                 problems.append(doc.problem(("rules", index, "pipeline", step), msg))
+        fallback = rule.clinical_text.without_text if rule.clinical_text else []
+        for step, name in enumerate(fallback):
+            if engines is not None and name not in engines:
+                msg = f"unknown engine {name!r} (known: {', '.join(engines)})"
+                where = ("rules", index, "clinical_text", "without_text", step)
+                problems.append(doc.problem(where, msg))
         for slot, dest in enumerate(rule.destinations):
             if destinations is not None and dest not in destinations:
                 msg = f"unknown destination {dest!r} (configured: {', '.join(destinations or []) or 'none'})"

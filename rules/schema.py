@@ -14,6 +14,9 @@ App SDK's series selection rules::
           SeriesDescription: "(?i)scout|localizer"
         pipeline: [classical_body_lungs, rtstruct_writer]
         destinations: [tps]
+        clinical_text:                       # optional: the pipeline needs clinical text
+          wait_seconds: 60                   # how long a completed series waits for it
+          without_text: [classical_body_lungs, rtstruct_writer]   # if none came ([]: skip)
 
 Keys are DICOM keywords (``pydicom.datadict``) or one of the node's own attributes:
 ``CallingAETitle``, ``CalledAETitle``, ``InstanceCount``. All keys of ``match`` must
@@ -69,6 +72,24 @@ def _check_conditions(conditions: dict[str, Condition]) -> dict[str, Condition]:
     return conditions
 
 
+MAX_WAIT_SECONDS = 7 * 24 * 3600
+
+
+class ClinicalTextNeed(BaseModel):
+    """A rule whose pipeline needs the clinical text joined to the series.
+
+    Text is joined by Patient ID and (Study Instance UID or Accession Number). A series
+    with joined text runs ``pipeline`` at once; otherwise its job waits up to
+    ``wait_seconds`` (default 60) for a document, then runs ``without_text`` instead
+    (required: an empty list skips the series).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)] = 60.0
+    without_text: list[str]
+
+
 class Rule(BaseModel):
     """One routing rule: conditions, the pipeline to run and where results go."""
 
@@ -81,6 +102,7 @@ class Rule(BaseModel):
     exclude: dict[str, Condition] = Field(default_factory=dict)
     pipeline: Annotated[list[str], Field(min_length=1)]
     destinations: list[str] = Field(default_factory=list)
+    clinical_text: ClinicalTextNeed | None = None
 
     _match = field_validator("match", "exclude")(_check_conditions)
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import signal
 import time
+
+import pydicom
 
 from engines.base import EngineContext, EngineError
 
@@ -52,3 +56,31 @@ class Slow:
 
     def run(self, ctx: EngineContext) -> None:
         time.sleep(float(ctx.params.get("slow_s", 30)))
+
+
+class RecordClinical:
+    """Writes the clinical documents it saw as a Basic Text SR (JSON in one TEXT item).
+
+    The SR copies the patient and study of the first input, so it can go to a real TPS.
+    """
+
+    name = "record_clinical"
+    inputs = ("files", "clinical_documents")
+    outputs = ("files",)
+    title = "clinical documents seen"
+
+    def run(self, ctx: EngineContext) -> None:
+        from tests.factories import make_text_sr, write_dataset
+
+        src = pydicom.dcmread(sorted(ctx.input_files)[0], stop_before_pixels=True)
+        seen = [dataclasses.asdict(d) for d in ctx.clinical_documents]
+        ds = make_text_sr(json.dumps(seen), str(src.PatientID), str(src.StudyInstanceUID))
+        ds.SeriesDescription = self.title
+        ctx.outputs.append(write_dataset(ds, ctx.output_dir / "clinical_seen.dcm"))
+
+
+class RecordNoText(RecordClinical):
+    """The same record, marked as the without-text fallback."""
+
+    name = "record_no_text"
+    title = "fallback without clinical text"

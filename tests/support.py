@@ -21,6 +21,8 @@ TEST_ENGINES = {
     "crash": "tests.engines_for_tests:Crash",
     "refuse": "tests.engines_for_tests:Refuse",
     "slow": "tests.engines_for_tests:Slow",
+    "record_clinical": "tests.engines_for_tests:RecordClinical",
+    "record_no_text": "tests.engines_for_tests:RecordNoText",
 }
 
 

@@ -94,3 +94,48 @@ def test_duplicate_rule_names(tmp_path: Path) -> None:
     path.write_text("rules:\n  - {name: a, pipeline: [x]}\n  - {name: a, pipeline: [x]}\n")
     with pytest.raises(ConfigError, match="duplicate rule names"):
         load_rules(path)
+
+
+def _write_rules(tmp_path: Path, clinical_text: str) -> Path:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - name: ctv\n"
+        "    pipeline: [classical_body_lungs, rtstruct_writer]\n"
+        "    clinical_text:\n" + clinical_text
+    )
+    return path
+
+
+def test_clinical_text_need_is_read_with_defaults(tmp_path: Path) -> None:
+    path = _write_rules(tmp_path, "      without_text: []\n")
+    need = load_rules(path).rules[0].clinical_text
+    assert need is not None and need.wait_seconds == 60.0 and need.without_text == []
+
+
+def test_clinical_text_fallback_engines_are_checked_like_the_pipeline(tmp_path: Path) -> None:
+    path = _write_rules(
+        tmp_path, "      wait_seconds: 30\n      without_text: [classical_body_lungs, nope]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_rules(path, engines=["classical_body_lungs", "rtstruct_writer"])
+    [problem] = err.value.problems
+    assert problem.key == "rules.0.clinical_text.without_text.1" and problem.line == 6
+    assert "unknown engine 'nope'" in str(problem)
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "message"),
+    [
+        ("      wait_seconds: 60\n", "rules.0.clinical_text.without_text", "Field required"),
+        ("      wait_seconds: -1\n      without_text: []\n", "wait_seconds", "greater than"),
+        ("      wait_seconds: 9999999\n      without_text: []\n", "wait_seconds", "less than"),
+        ("      without_text: []\n      wait: 5\n", "clinical_text.wait", "Extra inputs"),
+    ],
+)
+def test_clinical_text_errors_are_clear(tmp_path: Path, body: str, key: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_rules(_write_rules(tmp_path, body))
+    assert any(key in p.key and message in str(p) for p in err.value.problems), [
+        str(p) for p in err.value.problems
+    ]
