@@ -1,4 +1,5 @@
-"""The ``rtnode`` command line: serve, check-config, status, audit, resend."""
+"""The ``rtnode`` command line: serve, check-config, status, audit, resend (and the
+sub-commands of their own modules: rename, models, submit-text)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import AuditFilter, AuditLog
+from appliance.cli_clinical_intake import add_submit_text_parser
 from appliance.cli_models import add_model_parsers
 from appliance.cli_rename import add_rename_parser
 from appliance.clock import SystemClock
@@ -92,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_rename_parser(sub)
     add_model_parsers(sub)
+    add_submit_text_parser(sub, _common)
     return p
 
 

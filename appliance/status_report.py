@@ -5,19 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from appliance.audit import AuditFilter, AuditLog
+from appliance.clinical_status import clinical_report, format_clinical
+from appliance.clinical_store import ClinicalStore
 from appliance.clock import SystemClock
 from appliance.config import LoadedConfig
 from appliance.db import JobState
 from appliance.service import NodePaths, open_database
 from appliance.store import Store
 
-_ERROR_EVENTS = ("association_rejected", "store_refused", "delivery_dead_lettered")
+_ERROR_EVENTS = (
+    "association_rejected",
+    "store_refused",
+    "delivery_dead_lettered",
+    "clinical_text_rejected",
+    "clinical_text_late",
+)
 
 
 def collect_status(loaded: LoadedConfig) -> dict[str, Any]:
     """A plain dict (JSON-ready) of the node's state read from its database."""
     engine = open_database(NodePaths(loaded.data_dir))
-    store, audit = Store(engine), AuditLog(engine, SystemClock())
+    store, audit, clock = Store(engine), AuditLog(engine, SystemClock()), SystemClock()
     cfg = loaded.config
     report = {
         "node": {
@@ -31,6 +39,7 @@ def collect_status(loaded: LoadedConfig) -> dict[str, Any]:
         "jobs": store.jobs_by_state(),
         "failed_jobs": [_job(j) for j in store.recent_jobs(5, JobState.FAILED)],
         "last_done_job": _last_done(store),
+        "clinical": clinical_report(ClinicalStore(engine), clock),
         "destinations": _destinations(loaded, store.delivery_summary()),
         "last_errors": _errors(audit),
     }
@@ -108,6 +117,8 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(
             f"  FAILED job {j['id']} ({j['rule']}, {j['attempts']} attempts): {j['error']}"
         )
+    if "clinical" in report:
+        lines.extend(format_clinical(report["clinical"]))
     done = report.get("last_done_job")
     if done:
         lines.append(f"last done job {done['id']} ({done['rule']}, {done['outputs']} outputs)")

@@ -139,3 +139,13 @@ def test_clinical_text_errors_are_clear(tmp_path: Path, body: str, key: str, mes
     assert any(key in p.key and message in str(p) for p in err.value.problems), [
         str(p) for p in err.value.problems
     ]
+
+
+def test_example_rules_with_clinical_text_are_valid() -> None:
+    from engines.registry import engine_names
+
+    rules = load_rules(
+        REPO / "config" / "rules.example.yaml", engines=engine_names(), destinations=["tps"]
+    )
+    need = rules.rules[0].clinical_text
+    assert need is not None and need.wait_seconds == 60 and need.without_text
