@@ -42,7 +42,7 @@ from appliance.events import (
     ClinicalTextWaiting,
     EventBus,
 )
-from appliance.store import JobView
+from appliance.store import JobView, StoreError
 from dicom_node.text_extract import TEXT_SOP_CLASSES, ExtractedText, TextExtractionError
 from rules.schema import Rule
 
@@ -95,16 +95,7 @@ class ClinicalText:
         try:
             doc = ExtractedText.from_file(path)
         except TextExtractionError as exc:
-            logger.warning("no clinical text from %s: %s", path.name, exc)
-            self._bus.publish(
-                ClinicalTextRejected(
-                    patient_id=str(attrs.get("PatientID", "")),
-                    study_uid=str(attrs.get("StudyInstanceUID", "")),
-                    series_uid=str(attrs.get("SeriesInstanceUID", "")),
-                    source=path.stem,
-                    reason=str(exc),
-                )
-            )
+            self._reject(path, attrs, str(exc))
             return False
         new = NewDocument(
             doc.patient_id,
@@ -118,7 +109,22 @@ class ClinicalText:
             self.add(new, series_uid=str(attrs.get("SeriesInstanceUID", "")))
         except DuplicateDocument:
             return False
+        except StoreError as exc:  # the other series of this tick must still be routed
+            self._reject(path, attrs, f"could not store: {exc}")
+            return False
         return True
+
+    def _reject(self, path: Path, attrs: dict[str, Any], reason: str) -> None:
+        logger.warning("no clinical text from %s: %s", path.name, reason)
+        self._bus.publish(
+            ClinicalTextRejected(
+                patient_id=str(attrs.get("PatientID", "")),
+                study_uid=str(attrs.get("StudyInstanceUID", "")),
+                series_uid=str(attrs.get("SeriesInstanceUID", "")),
+                source=path.stem,
+                reason=reason,
+            )
+        )
 
     def add(self, doc: NewDocument, series_uid: str = "") -> int:
         """Store a document and audit ``clinical_text_received``; returns its id."""
