@@ -184,8 +184,9 @@ class ClinicalStore:
                 )
                 .order_by(ClinicalDocumentRow.id)
             ).all()
-            for doc in docs:
-                doc.state = DocumentState.JOINED
+            for doc in docs:  # a new one stays new: the tick still offers it to other jobs
+                if doc.state != DocumentState.NEW:
+                    doc.state = DocumentState.JOINED
             job.clinical_document_ids = [d.id for d in docs]
             job.state = JobState.PENDING if docs else JobState.WAITING
             job.text_outcome = TextOutcome.JOINED if docs else TextOutcome.WAITING
@@ -212,9 +213,10 @@ class ClinicalStore:
                 for j in jobs
                 if j.text_outcome in (TextOutcome.FALLBACK, TextOutcome.SKIPPED)
             ]
+            held = any(doc.id in (j.clinical_document_ids or []) for j in jobs)
             doc.state = (
                 DocumentState.JOINED
-                if joined
+                if held
                 else DocumentState.LATE
                 if late
                 else DocumentState.STORED

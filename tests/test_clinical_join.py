@@ -370,3 +370,16 @@ def test_migration_0002_upgrades_a_0001_database(tmp_path: Path) -> None:
 
     job = Store(engine).get_job(1)
     assert job is not None and job.state == "done" and job.clinical_document_ids == []
+
+
+def test_new_text_taken_by_a_second_ct_still_releases_the_first(node: Node, tmp_path: Path) -> None:
+    first = _ct()
+    _receive(node, first.datasets, tmp_path / "ct1")
+    study = str(first.datasets[0].StudyInstanceUID)
+    second = make_ct_series(n_slices=2, rows=16, cols=16, patient_id="P1", study_uid=study)
+    node.clinical.add(NewDocument("P1", study, "", "submit-text", None, "cT1 N0"))
+    _receive(node, second.datasets, tmp_path / "ct2")  # its job takes the text first
+    jobs = node.store.recent_jobs(10)
+    assert len(jobs) == 2 and {j.state for j in jobs} == {"pending"}
+    assert all(len(j.clinical_document_ids) == 1 for j in jobs)
+    assert node.clinical_store.recent_documents()[0].state == "joined"
