@@ -201,3 +201,26 @@ def test_rtnode_own_sr_is_not_clinical_input() -> None:
     ds.Manufacturer = "rtnode"
     with pytest.raises(TextExtractionError, match="rtnode's own output"):
         ExtractedText.from_dataset(ds)
+
+
+def test_time_datetime_person_and_uid_items() -> None:
+    items = [sr_item("TEXT", "Note", "x") for _ in range(4)]
+    for item, (vt, kw, value) in zip(
+        items,
+        [
+            ("TIME", "Time", "143000"),
+            ("DATETIME", "DateTime", "20240301101500"),
+            ("PNAME", "PersonName", "Doe^Jane"),
+            ("UIDREF", "UID", "1.2.3.4"),
+        ],
+        strict=True,
+    ):
+        del item.TextValue
+        item.ValueType = vt
+        setattr(item, kw, value)
+    assert sr_text(make_structured_sr(items)).splitlines()[1:] == [
+        "Note: 14:30:00",
+        "Note: 2024-03-01 10:15:00",
+        "Note: Doe Jane",
+        "Note: 1.2.3.4",
+    ]

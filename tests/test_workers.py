@@ -103,3 +103,22 @@ def test_interrupted_job_resumes_after_restart(tmp_path: Path) -> None:
         assert second.store.get_job(job_id).state == "done"  # type: ignore[union-attr]
     finally:
         second.stop()
+
+
+def test_pipeline_runner_hands_the_joined_documents_to_the_engines(tmp_path: Path) -> None:
+    from appliance.pipeline import JobRequest, PipelineRunner
+    from engines.base import ClinicalDocument, EngineContext
+
+    seen: list[ClinicalDocument] = []
+
+    class Spy:
+        name, inputs, outputs = "spy", ("clinical_documents",), ()
+
+        def run(self, ctx: EngineContext) -> None:
+            seen.extend(ctx.clinical_documents)
+
+    runner = PipelineRunner()
+    runner._engines["spy"] = Spy()  # a cached engine instance answers for its step name
+    docs = [ClinicalDocument("SR 1.2.3", "cT2 N0", "2026-01-01T12:00:00Z")]
+    result = runner.run(JobRequest(7, ["spy"], [], str(tmp_path), clinical_documents=docs))
+    assert result.ok and seen == docs
