@@ -1,0 +1,194 @@
+"""``analyse``: one note in, facts + disagreements + strategy + summary out (the text stage).
+
+The deterministic path always runs; the LLM, when given, runs inside a time budget (the
+text stage must stay within a few seconds per case), and its failures or timeouts leave
+the deterministic result in place with a note saying so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from engines.clinical import llm_extract, summary
+from engines.clinical.facts import FACT_FIELDS, ClinicalFacts
+from engines.clinical.protocols import DEFAULT_DIR, Protocol, load_protocols
+from engines.clinical.reconcile import Disagreement, reconcile, reported
+from engines.clinical.rules import extract
+from engines.clinical.strategy import Strategy, decide
+from engines.clinical.text import Note
+from engines.llm.runtime import JsonGenerator, LLMError
+
+logger = logging.getLogger(__name__)
+
+TIME_BUDGET_S = 5.0  # the whole text stage, LLM included
+FACTS_SHARE = 0.7  # of the budget, for the LLM facts; the narrative gets what is left
+MIN_NARRATIVE_S = 1.0
+_BREAST_KEYS = ("breast_or_chestwall", "regional_nodes", "scl_guideline", "dose", "boost")
+_PROSTATE_KEYS = ("target", "seminal_vesicles", "pelvic_nodes", "risk_group", "dose")
+
+
+@dataclass
+class ClinicalAnalysis:
+    """The text stage's result; :meth:`to_json` is what ``rtnode clinical --json`` prints."""
+
+    facts: ClinicalFacts
+    disagreements: list[Disagreement]
+    strategy: Strategy | None
+    summary: str
+    summary_source: str  # "template" or "llm"
+    notes: list[str] = field(default_factory=list)
+    llm_used: bool = False
+    llm_filled: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: reported(self.facts, name) for name in FACT_FIELDS}
+        out["grade_group"] = self.facts.effective_grade_group()
+        out["disagreements"] = [d.to_json() for d in self.disagreements]
+        out["strategy"] = self._strategy_json()
+        values = self.strategy.values if self.strategy else {}
+        out["risk_group"] = values.get("risk_group")
+        out["dose"] = out["strategy"].get("dose")
+        out["protocol_rules"] = dict(self.strategy.rules) if self.strategy else {}
+        out["summary"] = self.summary
+        out["summary_source"] = self.summary_source
+        out["evidence"] = {k: self._evidence(k, e) for k, e in self.facts.evidence.items()}
+        out["stages"] = [s.to_json() for s in self.facts.stages]
+        out["llm_used"] = self.llm_used
+        out["notes"] = list(self.notes)
+        out["seconds"] = round(self.seconds, 3)
+        return out
+
+    def _strategy_json(self) -> dict[str, Any]:
+        if self.strategy is None:
+            return {}
+        keys = _BREAST_KEYS if self.strategy.site == "breast" else _PROSTATE_KEYS
+        values = self.strategy.to_json()
+        out = {k: values.get(k) for k in keys}
+        out["protocol"] = self.strategy.protocol
+        out["nodal_stage"] = self.strategy.nodal_stage
+        return out
+
+    def _evidence(self, name: str, evidence: Any) -> dict[str, Any]:
+        source = "llm" if name in self.llm_filled else "rules"
+        return {**evidence.to_json(), "source": source}
+
+
+def analyse(
+    text: str,
+    llm: JsonGenerator | None,
+    protocols_dir: Path | None = None,
+    time_budget_s: float = TIME_BUDGET_S,
+) -> ClinicalAnalysis:
+    """Facts (rules, then LLM where the rules found nothing), strategy and summary of ``text``.
+
+    ``llm`` is a :class:`engines.llm.LlamaRuntime` or :class:`engines.llm.LLMWorker` (or
+    None: deterministic only); ``protocols_dir`` holds ``breast.yaml``/``prostate.yaml``.
+    """
+    started = time.monotonic()
+    notes: list[str] = []
+    rules_facts = extract(text)
+    facts = rules_facts
+    disagreements: list[Disagreement] = []
+    filled: list[str] = []
+    llm_used = False
+    if llm is None:
+        notes.append("LLM not used (no model configured): deterministic extraction only")
+    else:
+        budget = time_budget_s * FACTS_SHARE - (time.monotonic() - started)
+        reply = _ask_facts(llm, text, rules_facts, budget, notes)
+        if reply is not None:
+            llm_used = True
+            facts, disagreements, filled = reconcile(rules_facts, reply, Note.from_text(text))
+    strategy = _strategy(facts, protocols_dir, notes)
+    template = summary.template_summary(facts, strategy)
+    narrative, source = template, "template"
+    if llm is not None and llm_used:
+        left = time_budget_s - (time.monotonic() - started)
+        narrative, source = _narrative(llm, template, left, notes, disagreements)
+    _note_masked(text, notes)
+    return ClinicalAnalysis(
+        facts,
+        disagreements,
+        strategy,
+        narrative,
+        source,
+        notes,
+        llm_used,
+        filled,
+        time.monotonic() - started,
+    )
+
+
+def _ask_facts(
+    llm: JsonGenerator, text: str, facts: ClinicalFacts, timeout_s: float, notes: list[str]
+) -> dict[str, Any] | None:
+    found = {name: facts.value(name) for name in FACT_FIELDS}
+    fields = llm_extract.fields_to_ask(facts.site, found)
+    notes.append(f"LLM asked for: {', '.join(fields)}")
+    try:
+        return llm_extract.ask_facts(llm, text, fields, max(timeout_s, 0.5))
+    except LLMError as exc:
+        notes.append(f"LLM facts not used ({exc}): deterministic extraction only")
+        logger.warning("clinical LLM facts failed: %s", exc)
+        return None
+
+
+def _narrative(
+    llm: JsonGenerator,
+    template: str,
+    timeout_s: float,
+    notes: list[str],
+    disagreements: list[Disagreement],
+) -> tuple[str, str]:
+    if timeout_s < MIN_NARRATIVE_S:
+        notes.append("LLM narrative skipped (time budget spent): template summary used")
+        return template, "template"
+    try:
+        narrative = summary.ask_narrative(llm, template, timeout_s)
+    except LLMError as exc:
+        notes.append(f"LLM narrative failed ({exc}): template summary used")
+        return template, "template"
+    problem = summary.narrative_problem(narrative, template)
+    if problem:
+        reason = f"LLM narrative rejected: {problem}"
+        disagreements.append(Disagreement("summary", template, narrative, template, reason))
+        notes.append(f"{reason}; template summary used")
+        return template, "template"
+    return narrative, "llm"
+
+
+def _strategy(
+    facts: ClinicalFacts, protocols_dir: Path | None, notes: list[str]
+) -> Strategy | None:
+    if facts.site is None:
+        notes.append("site not recognised (breast or prostate): no strategy")
+        return None
+    protocol = protocols_for(protocols_dir or DEFAULT_DIR).get(facts.site)
+    if protocol is None:
+        notes.append(f"no {facts.site} protocol in {protocols_dir}: no strategy")
+        return None
+    return decide(facts, protocol)
+
+
+_CACHE: dict[tuple[str, tuple[float, ...]], dict[str, Protocol]] = {}
+
+
+def protocols_for(directory: Path) -> dict[str, Protocol]:
+    """The protocols of ``directory``, read again only when a file changed."""
+    stamps = tuple(p.stat().st_mtime for p in sorted(directory.glob("*.yaml")))
+    key = (str(directory.resolve()), stamps)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load_protocols(directory)
+    return _CACHE[key]
+
+
+def _note_masked(text: str, notes: list[str]) -> None:
+    masked = Note.from_text(text).masked
+    if masked:
+        notes.append(f"{len(masked)} instruction-like sentence(s) in the note ignored")

@@ -1,0 +1,143 @@
+"""Prostate facts: PSA (ng/mL), Gleason pattern, ISUP grade group, seminal vesicle invasion."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from engines.clinical.facts import Evidence, Stage
+from engines.clinical.text import Note, number
+
+_NUM = r"(\d{1,4}(?:[.,]\d{1,3})?)"
+_PSA = re.compile(rf"\bPSA\b[^0-9.;]{{0,30}}?{_NUM}(?!\s*%)", re.IGNORECASE)
+_PSA_RISE = re.compile(
+    rf"\b(?:rising|rose|increased|increasing|up)\s+to\s+{_NUM}\s*(?:ng/ml|µg/l|ug/l)",
+    re.IGNORECASE,
+)
+_PSA_LABEL = re.compile(
+    r"\b(at diagnosis|diagnostic|presenting|at presentation|initial|pre-?op\w*|"
+    r"pre-?treatment|pre-?biopsy)\b",
+    re.IGNORECASE,
+)
+_POST_TREATMENT = re.compile(
+    r"\b(post-?op\w*|nadir|undetectable|biochemical (recurrence|failure)|BCR|"
+    r"post-?prostatectomy|after (radical )?prostatectomy|recurrence|since|on ADT)\b",
+    re.IGNORECASE,
+)
+_GLEASON_SUM_FIRST = re.compile(
+    r"\b(?:Gleason|GS)(?:\s+(?:score|sum|grade))?\s*[:=]?\s*(?:of\s+)?(\d{1,2})\s*"
+    r"\(\s*([1-5])\s*\+\s*([1-5])\s*\)",
+    re.IGNORECASE,
+)
+_GLEASON = re.compile(
+    r"\b(?:Gleason|GS)(?:\s+(?:score|sum|grade|pattern))?\s*[:=]?\s*(?:of\s+)?"
+    r"([1-5])\s*\+\s*([1-5])(?:\s*=\s*\d{1,2})?",
+    re.IGNORECASE,
+)
+_GLEASON_BARE = re.compile(r"(?<![\d+])([1-5])\s*\+\s*([1-5])\s*=\s*(\d{1,2})\b")
+_GRADE_GROUP = re.compile(
+    r"\b(?:(?:WHO/)?ISUP(?:\s+grade)?(?:\s+group)?|grade\s+group|GG|Gruppe)\s*[:=]?\s*([1-5])\b",
+    re.IGNORECASE,
+)
+_SURGICAL = re.compile(r"prostatectom\w*|RALP|RARP|RRP|specimen|radical", re.IGNORECASE)
+_SVI = re.compile(
+    r"\bseminal\s+vesic\w*\s+(invasion|involvement|infiltration|extension|involved|invaded|"
+    r"positive)"
+    r"|\b(invasion|involvement|infiltration|extension)\s+(of|into|to)\s+(the\s+)?"
+    r"((left|right|bilateral|both)\s+)?seminal\s+vesic\w*"
+    r"|\bSVI\b|\bSamenblaseninfiltration\b",
+    re.IGNORECASE,
+)
+_SV_NORMAL = re.compile(
+    r"\b(seminal\s+vesic\w*|SV|Samenblasen)\s*:?\s*(are\s+|were\s+)?(free|normal|"
+    r"unremarkable|uninvolved|clear|not involved|negative|unauff\w*|spared)",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class _Gleason:
+    pattern: str
+    surgical: bool
+    evidence: Evidence
+
+    @property
+    def rank(self) -> tuple[int, int]:
+        primary, secondary = (int(x) for x in self.pattern.split("+"))
+        return primary + secondary, primary
+
+
+def find_psa(note: Note) -> tuple[float | None, Evidence | None]:
+    """The diagnostic PSA: one labelled as such, else the latest of a rise ("rising to"),
+    else the first; post-treatment values (nadir, post-operative, recurrence) never count."""
+    found: list[tuple[bool, bool, float, Evidence]] = []
+    for regex, rising in ((_PSA, False), (_PSA_RISE, True)):
+        for match in regex.finditer(note.text):
+            sentence = note.sentence_text(match.start())
+            if _POST_TREATMENT.search(sentence):
+                continue
+            labelled = bool(_PSA_LABEL.search(note.before(match.end(1), 60)))
+            evidence = _evidence(note, match)
+            found.append((labelled, rising, number(match.group(1)), evidence))
+    found.sort(key=lambda f: f[3].start)
+    for wanted in (lambda f: f[0], lambda f: f[1]):
+        chosen = [f for f in found if wanted(f)]
+        if chosen:
+            pick = chosen[0] if chosen[0][0] else chosen[-1]
+            return pick[2], pick[3]
+    return (found[0][2], found[0][3]) if found else (None, None)
+
+
+def find_gleason(note: Note) -> tuple[str | None, Evidence | None]:
+    """The Gleason pattern ``"p+s"``: the highest on biopsy, else the highest on the
+    prostatectomy specimen."""
+    mentions = []
+    taken: list[tuple[int, int]] = []
+    for regex, first in ((_GLEASON_SUM_FIRST, 2), (_GLEASON, 1), (_GLEASON_BARE, 1)):
+        for match in regex.finditer(note.text):
+            if any(s < match.end() and match.start() < e for s, e in taken):
+                continue
+            primary, secondary = match.group(first), match.group(first + 1)
+            if regex is _GLEASON_BARE and int(primary) + int(secondary) != int(match.group(3)):
+                continue
+            taken.append(match.span())
+            surgical = bool(_SURGICAL.search(note.sentence_text(match.start())))
+            mentions.append(_Gleason(f"{primary}+{secondary}", surgical, _evidence(note, match)))
+    for surgical in (False, True):
+        group = [m for m in mentions if m.surgical == surgical]
+        if group:
+            best = max(group, key=lambda m: m.rank)
+            return best.pattern, best.evidence
+    return None, None
+
+
+def find_grade_group(note: Note) -> tuple[int | None, Evidence | None]:
+    """The ISUP grade group as written (the highest when several are)."""
+    matches = list(_GRADE_GROUP.finditer(note.text))
+    if not matches:
+        return None, None
+    best = max(matches, key=lambda m: int(m.group(1)))
+    return int(best.group(1)), _evidence(note, best)
+
+
+def find_svi(note: Note, stages: list[Stage]) -> tuple[bool | None, Evidence | None]:
+    """True on a non-negated invasion mention or a T3b stage; False on a negated one or
+    "seminal vesicles free/normal"; None when the note says nothing."""
+    negative: Evidence | None = None
+    for match in _SVI.finditer(note.text):
+        if note.negated(match.start(), match.end()):
+            negative = negative or _evidence(note, match)
+        else:
+            return True, _evidence(note, match)
+    for stage in stages:
+        if stage.kind == "T" and stage.value.startswith("T3b") and not stage.in_history:
+            return True, stage.evidence
+    normal = _SV_NORMAL.search(note.text)
+    if negative is None and normal is not None:
+        negative = _evidence(note, normal)
+    return (False, negative) if negative is not None else (None, None)
+
+
+def _evidence(note: Note, match: re.Match[str]) -> Evidence:
+    start, end = match.span()
+    return Evidence(note.original[start:end], start, end)

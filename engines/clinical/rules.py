@@ -1,0 +1,122 @@
+"""The deterministic extractor: every fact of a note with the span it was read from."""
+
+from __future__ import annotations
+
+import re
+from typing import TypeVar
+
+from engines.clinical.facts import ClinicalFacts, Evidence, Stage
+from engines.clinical.laterality import find_laterality
+from engines.clinical.prostate import find_gleason, find_grade_group, find_psa, find_svi
+from engines.clinical.staging import metastases_absent, parse_stages
+from engines.clinical.surgery import find_surgery
+from engines.clinical.text import Note
+
+_SITE_WORDS = {
+    "breast": re.compile(
+        r"\b(breast|mamma\w*|brust\w*|seno|sein|mastectom\w*|lumpectom\w*|WLE|DCIS|IDC|ILC|"
+        r"HER2|axill\w*|quadrantectom\w*)\b",
+        re.IGNORECASE,
+    ),
+    "prostate": re.compile(
+        r"\b(prostat\w*|PSA|Gleason|ISUP|seminal|RALP|RARP|RRP|Prostatakarzinom)\b",
+        re.IGNORECASE,
+    ),
+}
+_AGE = (
+    re.compile(r"\b(\d{1,3})\s*-?\s*(?:years?|yrs?)\s*-?\s*old\b", re.IGNORECASE),
+    re.compile(r"\b(\d{1,3})\s*-?\s*(?:yo|y/o|y\.o\.)(?![\w])", re.IGNORECASE),
+    re.compile(r"\b(\d{1,3})\s+(?:years?|yrs?)\s+of\s+age\b", re.IGNORECASE),
+    re.compile(r"\b(?:age|aged|alter)\s*[:=]?\s*(\d{1,3})\b", re.IGNORECASE),
+    re.compile(
+        r"\b(\d{1,3})\s*-?\s*(?:Jahre|j\u00e4hrige?[nr]?|anni|ans|a\u00f1os)\b", re.IGNORECASE
+    ),
+    re.compile(r"(?<![\w/])(\d{2})\s?(?:F|M)\b(?![\w/])"),
+)
+_NEOADJUVANT = re.compile(
+    r"\b(neo-?adjuvant\w*|pre-?op\w*\s+(?:chemo\w*|systemic|therapy|treatment|endocrine)|"
+    r"primary systemic (?:therapy|treatment)|NACT|post-?NACT)\b",
+    re.IGNORECASE,
+)
+V = TypeVar("V")
+CLINICAL_FIRST = ("c", "p", "yp", "yc")  # the stage at diagnosis; yp only when nothing else
+
+
+def extract(text: str) -> ClinicalFacts:
+    """Facts of ``text`` by rules alone (no model)."""
+    note = Note.from_text(text)
+    facts = ClinicalFacts()
+    facts.site = _set(facts, "site", *find_site(note))
+    facts.stages = parse_stages(note)
+    _staging(facts, note)
+    if facts.site == "breast":
+        facts.laterality = _set(facts, "laterality", *find_laterality(note))
+    facts.surgery = _set(facts, "surgery", *find_surgery(note, facts.site))
+    facts.neoadjuvant = _set(facts, "neoadjuvant", *find_neoadjuvant(note, facts.stages))
+    facts.age = _set(facts, "age", *find_age(note))
+    if facts.site == "prostate":
+        facts.psa = _set(facts, "psa", *find_psa(note))
+        facts.gleason = _set(facts, "gleason", *find_gleason(note))
+        facts.grade_group = _set(facts, "grade_group", *find_grade_group(note))
+        facts.svi = _set(facts, "svi", *find_svi(note, facts.stages))
+    return facts
+
+
+def _set(facts: ClinicalFacts, name: str, value: V, evidence: Evidence | None) -> V:
+    if evidence is not None and value is not None:
+        facts.evidence[name] = evidence
+    return value
+
+
+def find_site(note: Note) -> tuple[str | None, Evidence | None]:
+    """The site with more mentions (None on a tie)."""
+    found = {site: list(regex.finditer(note.text)) for site, regex in _SITE_WORDS.items()}
+    counts = {site: len(matches) for site, matches in found.items()}
+    best = max(counts, key=lambda s: counts[s])
+    if counts[best] == 0 or list(counts.values()).count(counts[best]) > 1:
+        return None, None
+    first = found[best][0]
+    return best, Evidence(note.original[first.start() : first.end()], *first.span())
+
+
+def _staging(facts: ClinicalFacts, note: Note) -> None:
+    for kind in ("T", "N", "M"):
+        stage = facts.stage_for(kind, CLINICAL_FIRST)
+        if stage is not None:
+            setattr(facts, kind, stage.value)
+            facts.evidence[kind] = stage.evidence
+    if facts.M is None:
+        absent = metastases_absent(note)
+        if absent is not None:
+            facts.M, facts.evidence["M"] = "M0", absent
+
+
+def find_age(note: Note) -> tuple[int | None, Evidence | None]:
+    """The first age in years (0-120) written in one of the usual forms."""
+    found = []
+    for regex in _AGE:
+        for match in regex.finditer(note.text):
+            age = int(match.group(1))
+            if 0 < age <= 120:
+                found.append((match.start(), age, match))
+    if not found:
+        return None, None
+    _, age, match = min(found, key=lambda f: f[0])
+    return age, Evidence(note.original[match.start() : match.end()], *match.span())
+
+
+def find_neoadjuvant(note: Note, stages: list[Stage]) -> tuple[bool | None, Evidence | None]:
+    """True on a neoadjuvant therapy mention (or yp staging), False when only negated."""
+    negative = None
+    for match in _NEOADJUVANT.finditer(note.text):
+        evidence = Evidence(note.original[match.start() : match.end()], *match.span())
+        if note.negated(match.start(), match.end(), after=False) or note.hypothetical(
+            match.start(), words_before=3
+        ):
+            negative = negative or evidence
+        elif not note.in_history(match.start()):
+            return True, evidence
+    for stage in stages:
+        if stage.prefix in ("yp", "yc", "y"):
+            return True, stage.evidence
+    return (False, negative) if negative is not None else (None, None)

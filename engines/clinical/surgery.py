@@ -1,0 +1,77 @@
+"""Surgery done for the current cancer: breast-conserving, mastectomy or prostatectomy.
+
+A mention counts as done unless negated, planned or discussed; mentions in history
+sentences or of risk-reducing surgery do not count. Among done operations a mastectomy
+wins over breast conservation (a completion mastectomy follows a wide local excision).
+"""
+
+from __future__ import annotations
+
+import re
+
+from engines.clinical.facts import Evidence
+from engines.clinical.text import Note
+
+PATTERNS: dict[str, re.Pattern[str]] = {
+    "mastectomy": re.compile(
+        r"(?<!partial )(?<!segmental )\b(mastectom\w*|mastektom\w*|MRM|modified radical|SSM|NSM|"
+        r"post-?mastectomy|PMRT)\b",
+        re.IGNORECASE,
+    ),
+    "BCS": re.compile(
+        r"\b(lumpectom\w*|wide local ex\w*|WLE|breast[- ]conserv\w*|BCS|BCT|"
+        r"partial mastectom\w*|segmental mastectom\w*|quadrantectom\w*|tumou?rectom\w*|"
+        r"segmentectom\w*|brusterhalt\w*|quadrantectomia|re-?excision)\b"
+        r"|\b(s/p|status post|post|after)\s+((L|R|Lt|Rt|left|right)\s+)?lump\b",
+        re.IGNORECASE,
+    ),
+    "prostatectomy": re.compile(
+        r"(?<!transurethral )(?<!simple )\b(prostatectom\w*|prostatektom\w*|RALP|RARP|RRP|LRP)\b",
+        re.IGNORECASE,
+    ),
+}
+_DONE_ALWAYS = re.compile(r"post-?mastectomy|PMRT", re.IGNORECASE)
+_RISK_REDUCING = re.compile(r"prophylactic|risk[- ]reducing", re.IGNORECASE)
+_THERAPEUTIC = re.compile(r"therapeutic", re.IGNORECASE)
+_PRECEDENCE = ("mastectomy", "BCS", "prostatectomy")
+
+
+def find_surgery(note: Note, site: str | None) -> tuple[str | None, Evidence | None]:
+    """The operation for the current cancer, or None, and where it was read."""
+    done: dict[str, Evidence] = {}
+    planned: dict[str, Evidence] = {}
+    for kind in _kinds(site):
+        for match in PATTERNS[kind].finditer(note.text):
+            status = _status(note, match)
+            if status:
+                start, end = match.span()
+                target = done if status == "done" else planned
+                target.setdefault(kind, Evidence(note.original[start:end], start, end))
+    for kind in _PRECEDENCE:
+        if kind in done:
+            return kind, done[kind]
+    if len(planned) == 1:
+        kind, evidence = next(iter(planned.items()))
+        return kind, evidence
+    return None, None
+
+
+def _kinds(site: str | None) -> tuple[str, ...]:
+    if site == "breast":
+        return ("mastectomy", "BCS")
+    if site == "prostate":
+        return ("prostatectomy",)
+    return _PRECEDENCE
+
+
+def _status(note: Note, match: re.Match[str]) -> str:
+    """``done``, ``planned`` or "" (does not count)."""
+    start, end = match.span()
+    if _DONE_ALWAYS.fullmatch(match.group(0)):
+        return "done"
+    window = note.text[max(0, start - 30) : min(len(note.text), end + 40)]
+    if _RISK_REDUCING.search(window) and not _THERAPEUTIC.search(window):
+        return ""
+    if note.in_history(start) or note.negated(start, end, words_before=4, after=False):
+        return ""
+    return "planned" if note.hypothetical(start) else "done"

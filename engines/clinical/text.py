@@ -1,0 +1,139 @@
+"""Note text helpers: normalisation, sentences, negation, history and injected instructions.
+
+Every helper keeps character offsets of the original note, so evidence spans point into the
+text the user gave.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SAME_LENGTH = str.maketrans(
+    {
+        "\u2010": "-",
+        "\u2011": "-",
+        "\u2012": "-",
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2212": "-",
+        "\u00a0": " ",
+        "\u2009": " ",
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\t": " ",
+        "\r": " ",
+    }
+)
+# Sentence ends: ". " / "; " / "! " / "? ", a blank line, or a new line that starts with a
+# heading ("Path:", "MRI:") or a bullet. A plain line break is a wrapped line, not an end.
+_SENTENCE_END = re.compile(
+    r"(?<=[.;!?])\s+(?=\S)|\n\s*\n|\n(?=\s*[-*\u2022])|\n(?=\s*[A-Za-z][\w /()&-]{0,30}:)"
+)
+_INSTRUCTION = re.compile(
+    r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}\b(instructions?|prompts?|rules|above)\b"
+    r"|\byou are (now )?(an?|in)\b|\b(system|assistant)\s*:|\bnew instructions?\b"
+    r"|\b(output|report|answer|respond|reply|print|return)\b[^.\n]{0,20}\b(json|laterality|"
+    r"stage|T0|gleason|psa)\b",
+    re.IGNORECASE,
+)
+NEGATION_BEFORE = re.compile(
+    r"\b(no|not|without|negative for|free of|absence of|absent|denies|neither|nor|never|"
+    r"non|kein|keine|keinen|senza|nessun[ao]?|sans|pas de|sin)\b[^.;]*$",
+    re.IGNORECASE,
+)
+NEGATION_AFTER = re.compile(
+    r"^\W{0,3}(is |are |was |were )?(negative|neg\b|not\b|absent|uninvolved|free\b|clear\b|"
+    r"normal|unremarkable|benign|none\b|no\b|\(-\)|-ve\b|unauff\w*|negativ\w*)",
+    re.IGNORECASE,
+)
+HYPOTHETICAL = re.compile(
+    r"\b(plan\w*|will|would|candidate|options?|discuss\w*|consider\w*|recommend\w*|offered|"
+    r"declined|refused|prefer\w*|versus|vs\.?|or|if|whether|scheduled|awaiting|to undergo)\b",
+    re.IGNORECASE,
+)
+HISTORY = re.compile(
+    r"\b(history|previous|previously|prior|past|remote|contralateral|prophylactic|"
+    r"risk[- ]reducing|benign)\b",
+    re.IGNORECASE,
+)
+CURRENT = re.compile(r"\b(now|new|current|currently|presents?|this)\b", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Note:
+    """A note ready for matching: ``text`` has the original length and offsets; instruction
+    sentences (prompt injection) are blanked out in it and listed in ``masked``."""
+
+    original: str
+    text: str
+    sentences: tuple[tuple[int, int], ...]
+    masked: tuple[tuple[int, int], ...]
+
+    @classmethod
+    def from_text(cls, original: str) -> Note:
+        normal = original.translate(_SAME_LENGTH)
+        spans = tuple(_sentence_spans(normal))
+        masked = tuple(s for s in spans if _INSTRUCTION.search(normal[s[0] : s[1]]))
+        chars = list(normal)
+        for start, end in masked:
+            chars[start:end] = " " * (end - start)
+        return cls(original, "".join(chars), spans, masked)
+
+    def sentence_of(self, position: int) -> tuple[int, int]:
+        """The span of the sentence holding ``position``."""
+        for start, end in self.sentences:
+            if start <= position < end:
+                return start, end
+        return 0, len(self.text)
+
+    def sentence_text(self, position: int) -> str:
+        start, end = self.sentence_of(position)
+        return self.text[start:end]
+
+    def before(self, position: int, chars: int = 60) -> str:
+        """Text of the same sentence before ``position`` (at most ``chars``)."""
+        start, _ = self.sentence_of(position)
+        return self.text[max(start, position - chars) : position]
+
+    def after(self, position: int, chars: int = 40) -> str:
+        """Text of the same sentence after ``position`` (at most ``chars``)."""
+        _, end = self.sentence_of(position)
+        return self.text[position : min(end, position + chars)]
+
+    def negated(self, start: int, end: int, words_before: int = 5, after: bool = True) -> bool:
+        """Whether a negation cue governs the match ``[start, end)`` (NegEx-style window:
+        a cue in the few words before it, or, unless ``after`` is false, right after it)."""
+        before = " ".join(self.before(start).split()[-words_before:])
+        before = re.split(r"[,:(]|\bbut\b|\bhowever\b", before)[-1]
+        if NEGATION_BEFORE.search(before):
+            return True
+        return after and bool(NEGATION_AFTER.search(self.after(end)))
+
+    def hypothetical(self, start: int, words_before: int = 6) -> bool:
+        """Planned, offered or discussed rather than done."""
+        before = " ".join(self.before(start).split()[-words_before:])
+        return bool(HYPOTHETICAL.search(re.split(r"[,;]", before)[-1]))
+
+    def in_history(self, position: int) -> bool:
+        """The sentence is about past or other-side disease, not the current one."""
+        sentence = self.sentence_text(position)
+        return bool(HISTORY.search(sentence)) and not CURRENT.search(sentence)
+
+
+def _sentence_spans(text: str) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for match in _SENTENCE_END.finditer(text):
+        if match.start() > start:
+            spans.append((start, match.start()))
+        start = match.end()
+    if start < len(text):
+        spans.append((start, len(text)))
+    return spans
+
+
+def number(text: str) -> float:
+    """A decimal written with a point or a comma (``"9,4"`` -> 9.4)."""
+    return float(text.replace(",", "."))
