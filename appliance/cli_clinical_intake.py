@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
 from appliance.audit import AuditLog
 from appliance.clinical_store import SUBMIT_TEXT, ClinicalStore, NewDocument
 from appliance.clinical_text import received_event
@@ -55,10 +57,17 @@ def cmd_submit_text(args: argparse.Namespace) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
-    loaded = load_config(args.config).with_overrides(data_dir=args.data_dir)
     from appliance.service import NodePaths, open_database
 
+    loaded = load_config(args.config).with_overrides(data_dir=args.data_dir)
     engine = open_database(NodePaths(loaded.data_dir))
+    try:
+        return _submit(args, engine)
+    finally:
+        engine.dispose()
+
+
+def _submit(args: argparse.Namespace, engine: Engine) -> int:
     bus, clock = EventBus(), SystemClock()
     AuditLog(engine, clock).bind(bus)
     patient, study, accession = _keys(args)
@@ -66,11 +75,10 @@ def cmd_submit_text(args: argparse.Namespace) -> int:
         text = read_document(args.file)
     except TextExtractionError as exc:
         reason = f"{args.file.name}: {exc}"
-        bus.publish(
-            ClinicalTextRejected(
-                patient_id=patient, study_uid=study, source=SUBMIT_TEXT, reason=reason
-            )
+        rejected = ClinicalTextRejected(
+            patient_id=patient, study_uid=study, source=SUBMIT_TEXT, reason=reason
         )
+        bus.publish(rejected)
         print(f"error: {reason} (nothing stored)", file=sys.stderr)
         return EXIT_REFUSED
     doc = NewDocument(patient, study, accession, SUBMIT_TEXT, None, text)
@@ -80,7 +88,6 @@ def cmd_submit_text(args: argparse.Namespace) -> int:
         print(f"error: could not store the document: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     bus.publish(received_event(doc, doc_id))
-    engine.dispose()
     keys = ", ".join(f"{k} {v}" for k, v in (("study", study), ("accession", accession)) if v)
     print(f"document {doc_id} stored for patient {patient} ({keys}), {len(text)} characters")
     return EXIT_OK

@@ -40,6 +40,7 @@ TEXT_SOP_CLASSES = SR_SOP_CLASSES | {PDF_SOP_CLASS}
 
 MAX_DEPTH = 32  # content tree nesting; deeper trees are refused as malformed
 MAX_PDF_PAGES = 200
+MAX_PDF_BYTES = 32 * 1024 * 1024  # extraction runs in the completion tick: keep it bounded
 MAX_TEXT_CHARS = 1_000_000
 
 _UCUM_READABLE = {"a": "years", "mo": "months", "wk": "weeks", "d": "days", "h": "hours"}
@@ -236,6 +237,8 @@ def pdf_text(data: bytes) -> str:
 
     if not data.lstrip()[:5] == b"%PDF-":
         raise TextExtractionError("not a PDF file (no %PDF- header)")
+    if len(data) > MAX_PDF_BYTES:
+        raise TextExtractionError(f"PDF larger than {MAX_PDF_BYTES // (1024 * 1024)} MiB")
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
