@@ -53,11 +53,21 @@ def export_onnx(
     in_channels: int = 1,
     input_name: str = "image",
     output_name: str = "logits",
+    extra_inputs: Sequence[tuple[str, int]] = (),
 ) -> None:
-    """Write ``network`` (eval mode) as ONNX with dynamic batch and spatial axes."""
+    """Write ``network`` (eval mode) as ONNX with dynamic batch and spatial axes.
+
+    ``extra_inputs`` are (name, length) vectors the network takes after the image, e.g. a
+    clinical context vector: inputs of shape (batch, length).
+    """
     network.eval()
-    example = torch.zeros(1, in_channels, *patch_size)
+    example = (
+        torch.zeros(1, in_channels, *patch_size),
+        *(torch.zeros(1, length) for _, length in extra_inputs),
+    )
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
+    dynamic_axes: dict[str, dict[int, str]] = {input_name: axes, output_name: axes}
+    dynamic_axes.update({name: {0: "batch"} for name, _ in extra_inputs})
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     # The TorchScript exporter (dynamo=False) exports MONAI's UNet with dynamic spatial
     # axes without extra packages; torch 2.13 flags it deprecated, hence the filter.
@@ -65,13 +75,13 @@ def export_onnx(
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
             network,
-            (example,),
+            example,
             str(onnx_path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=[input_name],
+            input_names=[input_name, *(name for name, _ in extra_inputs)],
             output_names=[output_name],
-            dynamic_axes={input_name: axes, output_name: axes},
+            dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
     model = onnx.load(str(onnx_path))
@@ -88,17 +98,25 @@ def max_abs_difference(
     *,
     input_name: str = "image",
     seed: int = 0,
+    extra_inputs: Sequence[tuple[str, int]] = (),
 ) -> float:
-    """Largest |PyTorch - ONNX Runtime| over the logits of random inputs of ``shapes``."""
+    """Largest |PyTorch - ONNX Runtime| over the logits of random inputs of ``shapes``
+    (extra inputs: random 0/1 vectors)."""
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
     network.eval()
     for shape in shapes:
         x = torch.randn(*shape, generator=generator)
+        extra = [
+            torch.randint(0, 2, (shape[0], length), generator=generator).float()
+            for _, length in extra_inputs
+        ]
         with torch.no_grad():
-            expected = network(x).numpy()
-        (actual,) = session.run(None, {input_name: x.numpy()})
+            expected = network(x, *extra).numpy()
+        feeds = {input_name: x.numpy()}
+        feeds.update({name: v.numpy() for (name, _), v in zip(extra_inputs, extra, strict=True)})
+        (actual,) = session.run(None, feeds)
         worst = max(worst, float(np.max(np.abs(expected - actual))))
     return worst
 
@@ -124,11 +142,19 @@ def export_model(
     except ValueError as exc:
         raise ModelCardError(f"invalid card template: {exc}") from exc
     patch = draft.input.patch_size
+    extra = [(e.name, e.length) for e in draft.extra_inputs]
     export_onnx(
-        network, onnx_path, patch, input_name=draft.input.name, output_name=draft.outputs.name
+        network,
+        onnx_path,
+        patch,
+        input_name=draft.input.name,
+        output_name=draft.outputs.name,
+        extra_inputs=extra,
     )
     shapes: list[tuple[int, ...]] = [(1, 1, *patch), (2, 1, *_other_size(patch))]
-    diff = max_abs_difference(network, onnx_path, shapes, input_name=draft.input.name)
+    diff = max_abs_difference(
+        network, onnx_path, shapes, input_name=draft.input.name, extra_inputs=extra
+    )
     logger.info("export %s: max |PyTorch - ONNX Runtime| = %.3g", onnx_path.name, diff)
     if not diff <= tolerance:
         raise ValueError(
