@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.audit import AuditFilter, AuditLog
+from appliance.cli_clinical import add_clinical_parser
 from appliance.cli_clinical_intake import add_submit_text_parser
 from appliance.cli_models import add_model_parsers
 from appliance.cli_rename import add_rename_parser
@@ -95,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     add_rename_parser(sub)
     add_model_parsers(sub)
     add_submit_text_parser(sub, _common)
+    add_clinical_parser(sub)
     return p
 
 

@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 # step name -> "module:Class". Rules name steps; check-config validates them against this.
 BUILTIN_ENGINES: dict[str, str] = {
     "classical_body_lungs": "engines.classical.body_lungs:BodyLungsEngine",
+    "clinical_text": "engines.clinical.engine:ClinicalTextEngine",
     "rtstruct_writer": "engines.rtstruct.engine:RTStructWriterEngine",
     "segment_onnx": "engines.segmentation.engine:SegmentationEngine",
     "tg263_rename": "engines.naming.engine:TG263RenameEngine",

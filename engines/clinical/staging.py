@@ -69,14 +69,17 @@ def _components(note: Note, match: re.Match[str]) -> list[Stage]:
         own = groups.get(f"{key}pre")
         prefix = own if own is not None else inherited
         inherited = prefix
-        out.append(_stage(note, match, kind, prefix, value, groups.get("mi") if key == "n" else ""))
+        mi = groups.get("mi") if key == "n" else None
+        start = match.start(f"{key}pre") if own is not None else match.start(key) - 1
+        end = match.end("mi") if mi else match.end(key)
+        out.append(_stage(note, (start, end), kind, prefix, value, mi))
     return out
 
 
 def _stage(
-    note: Note, match: re.Match[str], kind: str, prefix: str, value: str, mi: str | None
+    note: Note, span: tuple[int, int], kind: str, prefix: str, value: str, mi: str | None
 ) -> Stage:
-    start, end = match.span()
+    start, end = span
     written = note.original[start:end]
     norm = value.upper() if value in ("x", "X") else value
     suffix = "mi" if mi else ""

