@@ -15,6 +15,7 @@ BUILTIN_ENGINES: dict[str, str] = {
     "classical_body_lungs": "engines.classical.body_lungs:BodyLungsEngine",
     "clinical_text": "engines.clinical.engine:ClinicalTextEngine",
     "rtstruct_writer": "engines.rtstruct.engine:RTStructWriterEngine",
+    "segment_ctv": "engines.segmentation.ctv_engine:ContextCTVEngine",
     "segment_onnx": "engines.segmentation.engine:SegmentationEngine",
     "tg263_rename": "engines.naming.engine:TG263RenameEngine",
 }
