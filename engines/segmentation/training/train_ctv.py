@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("config/models/breast_ctv"))
     parser.add_argument("--work", type=Path, default=Path("var/ctv-training"))
     parser.add_argument("--phantoms", type=int, default=40, help="training cases (seeds 0..N-1)")
-    parser.add_argument("--steps", type=int, default=900, help="steps per model")
+    parser.add_argument("--steps", type=int, default=1200, help="steps per model")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
