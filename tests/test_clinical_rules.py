@@ -14,12 +14,16 @@ from engines.clinical.staging import parse_stages
 from engines.clinical.text import Note
 
 NOTES = Path(__file__).parent / "data" / "clinical_notes"
-LABELS: dict[str, dict[str, Any]] = yaml.safe_load((NOTES / "labels.yaml").read_text())
+LABELS: dict[str, dict[str, Any]] = {
+    str(folder / name): labels
+    for folder in (NOTES, NOTES / "holdout")
+    for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
+}
 
 
-@pytest.mark.parametrize("name", sorted(LABELS))
-def test_development_note(name: str) -> None:
-    facts = extract((NOTES / f"{name}.txt").read_text())
+@pytest.mark.parametrize("name", sorted(LABELS), ids=lambda n: Path(n).name)
+def test_labelled_note(name: str) -> None:
+    facts = extract(Path(f"{name}.txt").read_text())
     got = {k: getattr(facts, k) for k in LABELS[name]}
     got["neoadjuvant"], got["svi"] = bool(got["neoadjuvant"]), bool(got["svi"])
     for kind in ("T", "N", "M"):
@@ -98,6 +102,8 @@ def test_surgery(text: str, surgery: str | None) -> None:
         ("aged 62, breast cancer", 62),
         ("Patient 62 years of age, prostate", 62),
         ("Patient, 70 Jahre, Prostata", 70),
+        ("Patientin 55 J., Mammakarzinom", 55),
+        ("Patient (61 years) with breast cancer", 61),
     ],
 )
 def test_age(text: str, age: int) -> None:
@@ -112,6 +118,8 @@ def test_age(text: str, age: int) -> None:
         ("Prostate cancer, GS 4+4=8, PSA 12.", 12.0, "4+4", None),
         ("Prostate cancer, ISUP grade group 3, PSA 8.1.", 8.1, None, 3),
         ("Prostate: PSA 5.9 in 2022 rising to 8.7 ng/mL. Gleason 3+3.", 8.7, "3+3", None),
+        ("Prostate: PSA 4.2 (2024) -> 6.8 ng/ml. Gleason 3 + 4 = 7.", 6.8, "3+4", None),
+        ("Prostate: iPSA 42 ng/mL, later 12 on ADT. GS 4+5.", 42.0, "4+5", None),
         ("s/p prostatectomy. Pre-operative PSA 9.8. Post-op PSA nadir 0.03.", 9.8, None, None),
     ],
 )

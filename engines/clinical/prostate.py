@@ -9,13 +9,14 @@ from engines.clinical.facts import Evidence, Stage
 from engines.clinical.text import Note, number
 
 _NUM = r"(\d{1,4}(?:[.,]\d{1,3})?)"
-_PSA = re.compile(rf"\bPSA\b[^0-9.;]{{0,30}}?{_NUM}(?!\s*%)", re.IGNORECASE)
+_PSA = re.compile(rf"\b(?:i|initial\s+)?PSA\b[^0-9.;]{{0,30}}?{_NUM}(?!\s*%)", re.IGNORECASE)
 _PSA_RISE = re.compile(
-    rf"\b(?:rising|rose|increased|increasing|up)\s+to\s+{_NUM}\s*(?:ng/ml|µg/l|ug/l)",
+    rf"(?:\b(?:rising|rose|increased|increasing|up)\s+to|->|\u2192|=>)\s*{_NUM}\s*"
+    r"(?:ng/ml|\u00b5g/l|ug/l)",
     re.IGNORECASE,
 )
 _PSA_LABEL = re.compile(
-    r"\b(at diagnosis|diagnostic|presenting|at presentation|initial|pre-?op\w*|"
+    r"\b(at diagnosis|diagnostic|presenting|at presentation|initial|iPSA|pre-?op\w*|"
     r"pre-?treatment|pre-?biopsy)\b",
     re.IGNORECASE,
 )
@@ -73,8 +74,7 @@ def find_psa(note: Note) -> tuple[float | None, Evidence | None]:
     found: list[tuple[bool, bool, float, Evidence]] = []
     for regex, rising in ((_PSA, False), (_PSA_RISE, True)):
         for match in regex.finditer(note.text):
-            sentence = note.sentence_text(match.start())
-            if _POST_TREATMENT.search(sentence):
+            if _post_treatment(note, match):
                 continue
             labelled = bool(_PSA_LABEL.search(note.before(match.end(1), 60)))
             evidence = _evidence(note, match)
@@ -86,6 +86,12 @@ def find_psa(note: Note) -> tuple[float | None, Evidence | None]:
             pick = chosen[0] if chosen[0][0] else chosen[-1]
             return pick[2], pick[3]
     return (found[0][2], found[0][3]) if found else (None, None)
+
+
+def _post_treatment(note: Note, match: re.Match[str]) -> bool:
+    """A post-treatment cue before the value in its sentence, or after it in its clause."""
+    after = re.split(r"[,;]", note.after(match.end(), 60))[0]
+    return bool(_POST_TREATMENT.search(note.before(match.start(), 200) + " " + after))
 
 
 def find_gleason(note: Note) -> tuple[str | None, Evidence | None]:

@@ -31,6 +31,8 @@ _AGE = (
     re.compile(
         r"\b(\d{1,3})\s*-?\s*(?:Jahre|j\u00e4hrige?[nr]?|anni|ans|a\u00f1os)\b", re.IGNORECASE
     ),
+    re.compile(r"\(\s*(\d{1,3})\s*(?:years?|yrs?|y)\s*\)", re.IGNORECASE),
+    re.compile(r"\b(\d{1,3})\s*J\.(?=\s|,)"),
     re.compile(r"(?<![\w/])(\d{2})\s?(?:F|M)\b(?![\w/])"),
 )
 _NEOADJUVANT = re.compile(
@@ -39,6 +41,12 @@ _NEOADJUVANT = re.compile(
     re.IGNORECASE,
 )
 V = TypeVar("V")
+# Offered, discussed or declined is not given; "plan: neoadjuvant ADT with RT" is.
+_NOT_GIVEN = re.compile(
+    r"\b(offered|discuss\w*|consider\w*|declin\w*|refus\w*|candidate|options?|if|whether|"
+    r"vs\.?|versus|or)\b",
+    re.IGNORECASE,
+)
 CLINICAL_FIRST = ("c", "p", "yp", "yc")  # the stage at diagnosis; yp only when nothing else
 
 
@@ -110,8 +118,8 @@ def find_neoadjuvant(note: Note, stages: list[Stage]) -> tuple[bool | None, Evid
     negative = None
     for match in _NEOADJUVANT.finditer(note.text):
         evidence = Evidence(note.original[match.start() : match.end()], *match.span())
-        if note.negated(match.start(), match.end(), after=False) or note.hypothetical(
-            match.start(), words_before=3
+        if note.negated(match.start(), match.end(), after=False) or _NOT_GIVEN.search(
+            " ".join(note.before(match.start()).split()[-4:])
         ):
             negative = negative or evidence
         elif not note.in_history(match.start()):

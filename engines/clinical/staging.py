@@ -13,7 +13,7 @@ from engines.clinical.facts import Evidence, Stage
 from engines.clinical.text import Note
 
 _PRE = r"(?P<{k}pre>yp|yc|rp|rc|c|p|y|r|a)?"
-_T = _PRE.format(k="t") + r"T(?P<t>is|[0-4][a-d]?|[xX])(?:\((?:m|\d|sn|dcis)\))?"
+_T = _PRE.format(k="t") + r"T(?P<t>is|1mi|[0-4][a-d]?|[xX])(?:\((?:m|\d|sn|dcis)\))?"
 _N = (
     _PRE.format(k="n")
     + r"N(?P<n>[0-3][a-c]?|[xX])(?P<mi>mi|\(mi\))?(?:\s?\((?:sn|i\+|i-|mol\+|mol-|f|\d+/\d+)\))?"
@@ -38,7 +38,9 @@ _YP_CONTEXT = re.compile(r"\b(post-?NACT|after NACT|post-?neoadjuvant|ypTNM)\b",
 _CLINICAL_CONTEXT = re.compile(r"\b(clinical\w*|cTNM|DRE|staging|staged)\b", re.IGNORECASE)
 _NO_METASTASES = re.compile(
     r"\b(no|negative for|free of|without)\s+(evidence of\s+)?(distant\s+)?"
-    r"(metastas[ie]s|metastatic disease|distant disease)",
+    r"(metasta\w*|metastatic disease|distant disease)"
+    r"|\bstaging\s+(?:scans?|CT|PET(?:[/-]CT)?|work-?up|investigations?)?\s*(?:were|was|is|are)?"
+    r"\s*(?:neg\b|negative|clear|unremarkable)",
     re.IGNORECASE,
 )
 
