@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install rtnode into ./.venv on a fresh Debian machine (run as root or with sudo for apt).
 #   scripts/install.sh           runtime only (the node on its shipped default config)
-#   scripts/install.sh --test    also the test peers (DCMTK, dicom3tools, plastimatch,
-#                                systemd-analyze) and the test/lint tools
+#   scripts/install.sh --test    also the test peers (DCMTK, Orthanc, curl, iproute2, dicom3tools,
+#                                plastimatch, systemd-analyze) and the test/lint tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +17,7 @@ if sys.version_info[:2] != (3, 11):
 PY
 
 if [[ $WITH_TEST == 1 ]]; then
-    APT_PACKAGES="dcmtk dicom3tools plastimatch systemd"
+    APT_PACKAGES="dcmtk orthanc curl iproute2 dicom3tools plastimatch systemd"
     missing=""
     for pkg in $APT_PACKAGES; do
         dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
@@ -26,6 +26,12 @@ if [[ $WITH_TEST == 1 ]]; then
         SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
         $SUDO apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing
+        # The tests start their own Orthanc in a private network namespace; the packaged
+        # service would listen on every interface (4242, 8042), so it is not left running.
+        if [[ " $missing " == *" orthanc "* && -d /run/systemd/system ]]; then
+            $SUDO systemctl disable --now orthanc.service \
+                || echo "warning: could not stop the packaged orthanc service" >&2
+        fi
     fi
 fi
 

@@ -6,6 +6,11 @@ group and stopped (terminate, then kill) at teardown, so no test leaves anything
 DCMTK tools are always called by full path (pynetdicom installs commands of the same
 names) with ``TCP_NODELAY=1`` in their environment (Nagle makes loopback 25x slower).
 
+Every command helper takes a ``prefix`` (argv put in front of the command, e.g.
+``["ip", "netns", "exec", NS]``) so that a test can run the node and DCMTK inside a
+loopback-only network namespace next to a peer that cannot bind to 127.0.0.1 (Orthanc,
+see ``tests/integration/orthanc.py``).
+
 The process helpers are plain classes so that ``scripts/bench_node.py`` can reuse them.
 """
 
@@ -79,11 +84,17 @@ def wait_for(
 
 
 def echoscu(
-    port: int, called_ae: str, calling_ae: str = CALLER_AE, timeout_s: float = 5.0
+    port: int,
+    called_ae: str,
+    calling_ae: str = CALLER_AE,
+    timeout_s: float = 5.0,
+    *,
+    prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """Run ``echoscu`` once (verbose); raises ``subprocess.TimeoutExpired`` if it hangs."""
+    cmd = [str(ECHOSCU), "-v", "-aet", calling_ae, "-aec", called_ae, "-to", "3", HOST, str(port)]
     return subprocess.run(
-        [str(ECHOSCU), "-v", "-aet", calling_ae, "-aec", called_ae, "-to", "3", HOST, str(port)],
+        [*prefix, *cmd],
         env=dcmtk_env(),
         capture_output=True,
         text=True,
@@ -92,10 +103,12 @@ def echoscu(
     )
 
 
-def echo(port: int, called_ae: str, calling_ae: str = CALLER_AE) -> bool:
+def echo(
+    port: int, called_ae: str, calling_ae: str = CALLER_AE, *, prefix: Sequence[str] = ()
+) -> bool:
     """True if ``called_ae`` on ``port`` answers a C-ECHO."""
     try:
-        return echoscu(port, called_ae, calling_ae).returncode == 0
+        return echoscu(port, called_ae, calling_ae, prefix=prefix).returncode == 0
     except subprocess.TimeoutExpired:
         return False
 
@@ -108,12 +121,13 @@ def push(
     called_ae: str = NODE_AE,
     extra: Sequence[str] = (),
     timeout_s: float = 300.0,
+    prefix: Sequence[str] = (),
 ) -> subprocess.CompletedProcess[str]:
     """C-STORE a directory (``+sd``, every file in it) or a list of files with storescu -v."""
     inputs = ["+sd", str(files)] if isinstance(files, Path) else [str(f) for f in files]
     cmd = [str(STORESCU), "-v", "-aet", calling_ae, "-aec", called_ae, *extra, HOST, str(port)]
     return subprocess.run(
-        [*cmd, *inputs],
+        [*prefix, *cmd, *inputs],
         env=dcmtk_env(),
         capture_output=True,
         text=True,
@@ -268,13 +282,17 @@ class RtNode:
         log_path: Path,
         *,
         allow_callers: Iterable[str] = (CALLER_AE,),
+        tps_ae: str = TPS_AE,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.config_path = config_path
         self.data_dir = data_dir
         self.port = port
         self.tps_port = tps_port
+        self.tps_ae = tps_ae
         self.log_path = log_path
         self.allow_callers = tuple(allow_callers)
+        self.prefix = tuple(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
 
     # -- process ----------------------------------------------------------------
@@ -288,7 +306,8 @@ class RtNode:
         cmd = [str(RTNODE), "serve", *self._common(), "--port", str(self.port)]
         for aet in self.allow_callers:
             cmd += ["--allow-caller", aet]
-        cmd += ["--destination", f"tps={TPS_AE}@{HOST}:{self.tps_port}"]
+        cmd += ["--destination", f"tps={self.tps_ae}@{HOST}:{self.tps_port}"]
+        cmd = [*self.prefix, *cmd]
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start: {' '.join(cmd)}\n".encode())
             log.flush()
@@ -305,7 +324,7 @@ class RtNode:
     def _ready(self) -> bool:
         if not self.running():
             raise AssertionError(f"rtnode exited with {self.proc and self.proc.returncode}")
-        return echo(self.port, NODE_AE)
+        return echo(self.port, NODE_AE, prefix=self.prefix)
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -399,8 +418,9 @@ def make_tps(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
 def make_node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., RtNode]]:
     """Factory: ``make_node(tps_port, overrides=None, rules=None, start=True)`` -> RtNode.
 
-    Each node has its own config and data dir under tmp_path. At teardown every node is
-    stopped; if the test failed, the node logs are printed.
+    Each node has its own config and data dir under tmp_path. ``port`` (default: a free
+    one), ``tps_ae``, ``allow_callers`` and ``prefix`` go to :class:`RtNode`. At teardown
+    every node is stopped; if the test failed, the node logs are printed.
     """
     nodes: list[RtNode] = []
 
@@ -410,11 +430,22 @@ def make_node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callab
         overrides: dict[str, Any] | None = None,
         rules: list[dict[str, Any]] | None = None,
         start: bool = True,
+        port: int | None = None,
+        tps_ae: str = TPS_AE,
+        allow_callers: Iterable[str] = (CALLER_AE,),
+        prefix: Sequence[str] = (),
     ) -> RtNode:
         index = len(nodes)
         cfg = node_config(tmp_path, overrides=overrides, rules=rules, name=f"rtnode{index}.yaml")
         node = RtNode(
-            cfg, tmp_path / f"var{index}", free_port(), tps_port, tmp_path / f"rtnode{index}.log"
+            cfg,
+            tmp_path / f"var{index}",
+            port or free_port(),
+            tps_port,
+            tmp_path / f"rtnode{index}.log",
+            allow_callers=allow_callers,
+            tps_ae=tps_ae,
+            prefix=prefix,
         )
         nodes.append(node)
         return node.start() if start else node
