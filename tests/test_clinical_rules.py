@@ -44,6 +44,9 @@ def test_labelled_note(name: str) -> None:
         ("History of left breast cancer 2008. Now new right breast IDC, WLE.", "right"),
         ("Bilateral breast cancer, both treated with WLE.", "bilateral"),
         ("Bilateral mammogram: right breast mass 2 cm, IDC on biopsy.", "right"),
+        ("Laterality: Left. Invasive ductal carcinoma of the breast.", "left"),
+        ("Breast cancer L, cN+, pT2 pN1a.", "left"),
+        ("64 yoF with R breast ca, s/p lumpectomy.", "right"),
     ],
 )
 def test_laterality(text: str, side: str) -> None:
@@ -65,6 +68,20 @@ def test_pathological_when_no_clinical_and_yp_only_when_nothing_else() -> None:
     assert extract("Left breast WLE: pT1c pN1mi(sn).").N == "N1mi"
     facts = extract("Right breast cancer after NACT: ypT0 ypN1a. Clinically N2.")
     assert (facts.T, facts.N, facts.neoadjuvant) == ("T0", "N2", True)
+
+
+@pytest.mark.parametrize(
+    ("text", "stages"),
+    [
+        ("PATHOLOGIC STAGE: PT2 PN1A", ["pT2", "pN1a"]),
+        ("DCIS with microinvasion, pT1mi cNX.", ["pT1mi", "cNX"]),
+        ("Breast cancer, cT2 cN+ M0.", ["cT2", "cN+", "cM0"]),
+        ("MRI: mrT3b. ypT0/is ypN0.", ["cT3b", "ypT0", "ypN0"]),
+        ("pT1c(m) pN0(i-)(sn)", ["pT1c", "pN0"]),
+    ],
+)
+def test_stage_forms(text: str, stages: list[str]) -> None:
+    assert [s.prefix + s.value for s in parse_stages(Note.from_text(text))] == stages
 
 
 def test_mri_sequences_and_vertebrae_are_not_stages() -> None:
@@ -120,6 +137,7 @@ def test_age(text: str, age: int) -> None:
         ("Prostate: PSA 5.9 in 2022 rising to 8.7 ng/mL. Gleason 3+3.", 8.7, "3+3", None),
         ("Prostate: PSA 4.2 (2024) -> 6.8 ng/ml. Gleason 3 + 4 = 7.", 6.8, "3+4", None),
         ("Prostate: iPSA 42 ng/mL, later 12 on ADT. GS 4+5.", 42.0, "4+5", None),
+        ("Prostate cancer. PSA (03/2025): 6.2 ng/mL. GS7 (4+3).", 6.2, "4+3", None),
         ("s/p prostatectomy. Pre-operative PSA 9.8. Post-op PSA nadir 0.03.", 9.8, None, None),
     ],
 )

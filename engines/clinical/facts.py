@@ -64,13 +64,15 @@ def category(value: str | None) -> str | None:
     """The stage category: the letter and the first digit (``"T4d"`` -> ``"T4"``)."""
     if not value:
         return None
-    if value[1:3] == "is":
+    if value[1:3] == "is" or value[1:] == "+":
         return value[:3]
     return value[:2]
 
 
 def n_number(value: str | None) -> int | None:
     """0-3 for an N stage, None when unknown or NX."""
+    if value == "N+":
+        return 1  # node-positive, number not given
     if not value or len(value) < 2 or not value[1].isdigit():
         return None
     return int(value[1])

@@ -30,6 +30,8 @@ _ORGAN = r"breast|br\b|brest|mamma\w*|brust|sein|seno|axill\w*|chest wall|CW\b|S
 _HEAD_TUMOUR = re.compile(rf"^[\s,:()-]{{0,3}}(\w+[\s-]){{0,3}}?({_TUMOUR})", re.IGNORECASE)
 _HEAD_ORGAN = re.compile(rf"^[\s,:()-]{{0,3}}(\w+[\s-]){{0,2}}?({_ORGAN})", re.IGNORECASE)
 _TAIL_ORGAN = re.compile(rf"({_ORGAN}|{_TUMOUR})[\s,:-]{{0,3}}(\w+\s){{0,1}}$", re.IGNORECASE)
+_LABEL = re.compile(r"\b(laterality|side|seite|lato|c\u00f4t\u00e9)\s*[:=-]\s*$", re.IGNORECASE)
+_ABBR_TAIL = re.compile(rf"\b({_ORGAN}|{_TUMOUR})[\s,:-]{{0,2}}$", re.IGNORECASE)
 _ABBR_HEAD = re.compile(rf"^[\s-]{{0,2}}({_ORGAN}|{_TUMOUR})", re.IGNORECASE)
 _DISEASE = re.compile(
     r"^[\s-]{0,2}(synchronous\s+|metachronous\s+)?(breast\s+)?(carcinomas?|cancers?|ca\b|"
@@ -87,10 +89,14 @@ def _weigh(note: Note, side: str, match: re.Match[str], abbreviation: bool) -> _
     after = note.after(end, 50)
     if note.negated(start, end, words_before=3) or note.in_history(start):
         return _Mention(side, 0, evidence)
+    if _LABEL.search(note.before(start, 30)):
+        return _Mention(side, 3, evidence)  # "Laterality: left", "Side: R"
     if side == "bilateral":
         return _Mention(side, 3 if _DISEASE.match(after) else 0, evidence)
     if abbreviation:
-        return _Mention(side, 3 if _ABBR_HEAD.match(after) else 0, evidence)
+        if _ABBR_HEAD.match(after):
+            return _Mention(side, 3, evidence)
+        return _Mention(side, 2 if _ABBR_TAIL.search(note.before(start, 30)) else 0, evidence)
     if _HEAD_TUMOUR.match(after):
         return _Mention(side, 3, evidence)
     if _HEAD_ORGAN.match(after) or _TAIL_ORGAN.search(note.before(start, 30)):

@@ -15,6 +15,10 @@ _PSA_RISE = re.compile(
     r"(?:ng/ml|\u00b5g/l|ug/l)",
     re.IGNORECASE,
 )
+_DATE = re.compile(
+    r"\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}/(?:19|20)\d{2}\b"
+    r"|\b(?:19|20)\d{2}\b"
+)
 _PSA_LABEL = re.compile(
     r"\b(at diagnosis|diagnostic|presenting|at presentation|initial|iPSA|pre-?op\w*|"
     r"pre-?treatment|pre-?biopsy)\b",
@@ -42,8 +46,8 @@ _GRADE_GROUP = re.compile(
 )
 _SURGICAL = re.compile(r"prostatectom\w*|RALP|RARP|RRP|specimen|radical", re.IGNORECASE)
 _SVI = re.compile(
-    r"\bseminal\s+vesic\w*\s+(invasion|involvement|infiltration|extension|involved|invaded|"
-    r"positive)"
+    r"\b(seminal\s+vesic\w*|SV)\s+(?:(?:is|are|was|were)\s+)?(invasion|involvement|infiltration|"
+    r"extension|involved|invaded|positive)"
     r"|\b(invasion|involvement|infiltration|extension)\s+(of|into|to)\s+(the\s+)?"
     r"((left|right|bilateral|both)\s+)?seminal\s+vesic\w*"
     r"|\bSVI\b|\bSamenblaseninfiltration\b",
@@ -72,8 +76,9 @@ def find_psa(note: Note) -> tuple[float | None, Evidence | None]:
     """The diagnostic PSA: one labelled as such, else the latest of a rise ("rising to"),
     else the first; post-treatment values (nadir, post-operative, recurrence) never count."""
     found: list[tuple[bool, bool, float, Evidence]] = []
+    dateless = _DATE.sub(lambda m: " " * len(m.group(0)), note.text)
     for regex, rising in ((_PSA, False), (_PSA_RISE, True)):
-        for match in regex.finditer(note.text):
+        for match in regex.finditer(dateless):
             if _post_treatment(note, match):
                 continue
             labelled = bool(_PSA_LABEL.search(note.before(match.end(1), 60)))

@@ -25,9 +25,12 @@ _SITE_WORDS = {
 }
 _AGE = (
     re.compile(r"\b(\d{1,3})\s*-?\s*(?:years?|yrs?)\s*-?\s*old\b", re.IGNORECASE),
-    re.compile(r"\b(\d{1,3})\s*-?\s*(?:yo|y/o|y\.o\.)(?![\w])", re.IGNORECASE),
+    re.compile(r"\b(\d{1,3})\s*-?\s*(?:yo|y/o|y\.o\.)(?=[FM]?\b|\s|,|$)", re.IGNORECASE),
     re.compile(r"\b(\d{1,3})\s+(?:years?|yrs?)\s+of\s+age\b", re.IGNORECASE),
-    re.compile(r"\b(?:age|aged|alter)\s*[:=]?\s*(\d{1,3})\b", re.IGNORECASE),
+    re.compile(
+        r"\b(?:age|aged|alter)(?:\s+at\s+(?:diagnosis|presentation))?\s*[:=]?\s*(\d{1,3})\b",
+        re.IGNORECASE,
+    ),
     re.compile(
         r"\b(\d{1,3})\s*-?\s*(?:Jahre|j\u00e4hrige?[nr]?|anni|ans|a\u00f1os)\b", re.IGNORECASE
     ),
@@ -37,7 +40,7 @@ _AGE = (
 )
 _NEOADJUVANT = re.compile(
     r"\b(neo-?adjuvant\w*|pre-?op\w*\s+(?:chemo\w*|systemic|therapy|treatment|endocrine)|"
-    r"primary systemic (?:therapy|treatment)|NACT|post-?NACT)\b",
+    r"primary (?:systemic )?(?:therapy|treatment|chemotherapy)|NACT|post-?NACT)\b",
     re.IGNORECASE,
 )
 V = TypeVar("V")

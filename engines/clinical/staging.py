@@ -12,11 +12,11 @@ import re
 from engines.clinical.facts import Evidence, Stage
 from engines.clinical.text import Note
 
-_PRE = r"(?P<{k}pre>yp|yc|rp|rc|c|p|y|r|a)?"
-_T = _PRE.format(k="t") + r"T(?P<t>is|1mi|[0-4][a-d]?|[xX])(?:\((?:m|\d|sn|dcis)\))?"
+_PRE = r"(?P<{k}pre>yp|YP|yc|rp|rc|mr|c|p|P|y|r|a)?"
+_T = _PRE.format(k="t") + r"T(?P<t>is|1mi|[0-4][a-dA-D]?|[xX])(?:\((?:m|\d|sn|dcis)\))?"
 _N = (
     _PRE.format(k="n")
-    + r"N(?P<n>[0-3][a-c]?|[xX])(?P<mi>mi|\(mi\))?(?:\s?\((?:sn|i\+|i-|mol\+|mol-|f|\d+/\d+)\))?"
+    + r"N(?P<n>[0-3][a-cA-C]?|[xX]|\+)(?P<mi>mi|\(mi\))?(?:\s?\((?:sn|i\+|i-|mol\+|mol-|f|\d+/\d+)\))?"
 )
 _M = _PRE.format(k="m") + r"M(?P<m>[01][a-d]?|[xX])(?:\((?:i\+)\))?"
 _GAP = r"[\s,]{0,2}"
@@ -45,6 +45,9 @@ _NO_METASTASES = re.compile(
 )
 
 
+_PREFIXES = {"YP": "yp", "P": "p", "mr": "c"}  # upper-case reports; MRI staging is clinical
+
+
 def parse_stages(note: Note) -> list[Stage]:
     """Every T, N and M component in the note, in text order."""
     stages: list[Stage] = []
@@ -69,7 +72,7 @@ def _components(note: Note, match: re.Match[str]) -> list[Stage]:
         if value is None:
             continue
         own = groups.get(f"{key}pre")
-        prefix = own if own is not None else inherited
+        prefix = _PREFIXES.get(own, own) if own is not None else inherited
         inherited = prefix
         mi = groups.get("mi") if key == "n" else None
         start = match.start(f"{key}pre") if own is not None else match.start(key) - 1
@@ -83,7 +86,7 @@ def _stage(
 ) -> Stage:
     start, end = span
     written = note.original[start:end]
-    norm = value.upper() if value in ("x", "X") else value
+    norm = value.upper() if value in ("x", "X") else value.lower()
     suffix = "mi" if mi else ""
     return Stage(
         kind=kind,

@@ -26,7 +26,8 @@ PATTERNS: dict[str, re.Pattern[str]] = {
         re.IGNORECASE,
     ),
     "prostatectomy": re.compile(
-        r"(?<!transurethral )(?<!simple )\b(prostatectom\w*|prostatektom\w*|RALP|RARP|RRP|LRP)\b",
+        r"(?<!transurethral )(?<!simple )\b(prostatectom\w*|prostatektom\w*|RALP|RARP|RRP|LRP)\b"
+        r"|\b(?:s/p|status post|after|post|underwent|following)\s+(?:an?\s+)?RP\b",
         re.IGNORECASE,
     ),
 }
