@@ -36,7 +36,11 @@ _AGE = (
     ),
     re.compile(r"\(\s*(\d{1,3})\s*(?:years?|yrs?|y)\s*\)", re.IGNORECASE),
     re.compile(r"\b(\d{1,3})\s*J\.(?=\s|,)"),
+)
+# Read only when none of the forms above occurs: "59F", "60 y,".
+_AGE_WEAK = (
     re.compile(r"(?<![\w/])(\d{2})\s?(?:F|M)\b(?![\w/])"),
+    re.compile(r"(?<![\w/.])(\d{2})\s?y\b(?=\s*[,;)])"),
 )
 _NEOADJUVANT = re.compile(
     r"\b(neo-?adjuvant\w*|pre-?op\w*\s+(?:chemo\w*|systemic|therapy|treatment|endocrine)|"
@@ -103,17 +107,19 @@ def _staging(facts: ClinicalFacts, note: Note) -> None:
 
 
 def find_age(note: Note) -> tuple[int | None, Evidence | None]:
-    """The first age in years (0-120) written in one of the usual forms."""
-    found = []
-    for regex in _AGE:
-        for match in regex.finditer(note.text):
-            age = int(match.group(1))
-            if 0 < age <= 120:
-                found.append((match.start(), age, match))
-    if not found:
-        return None, None
-    _, age, match = min(found, key=lambda f: f[0])
-    return age, Evidence(note.original[match.start() : match.end()], *match.span())
+    """The first age in years (1-120) written in one of the usual forms (the terse forms
+    only when no usual one occurs)."""
+    for patterns in (_AGE, _AGE_WEAK):
+        found = [
+            (match.start(), int(match.group(1)), match)
+            for regex in patterns
+            for match in regex.finditer(note.text)
+            if 0 < int(match.group(1)) <= 120
+        ]
+        if found:
+            _, age, match = min(found, key=lambda f: f[0])
+            return age, Evidence(note.original[match.start() : match.end()], *match.span())
+    return None, None
 
 
 def find_neoadjuvant(note: Note, stages: list[Stage]) -> tuple[bool | None, Evidence | None]:
