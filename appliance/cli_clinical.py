@@ -18,18 +18,13 @@ from typing import Any
 
 from appliance.yamlsource import ConfigError
 from engines.clinical.analysis import TIME_BUDGET_S, ClinicalAnalysis, analyse
+from engines.clinical.budget import probe
 from engines.clinical.protocols import DEFAULT_DIR
 from engines.llm.models import BUNDLED, bundled_model_path
 from engines.llm.runtime import JsonGenerator, LLMError, LLMUnavailable, available
 from engines.llm.worker import LLMWorker
 
 NONE = "none"
-_WARM_SCHEMA = {
-    "type": "object",
-    "properties": {"ok": {"type": "boolean"}},
-    "required": ["ok"],
-    "additionalProperties": False,
-}
 
 
 def default_model() -> str:
@@ -112,10 +107,10 @@ def _llm(args: argparse.Namespace, stack: ExitStack) -> JsonGenerator | None:
 
 
 def _warm(worker: LLMWorker) -> None:
-    """Start the child and load the model before the timed text stage (as a node worker
-    does once); a model that cannot load fails here with the worker's message."""
+    """Start the child, load the model and measure its speed before the timed text stage
+    (as a node worker does once); a model that cannot load fails here with its message."""
     try:
-        worker.generate_json("Answer ok.", _WARM_SCHEMA, max_tokens=6, timeout_s=30.0)
+        probe(worker, load=True)
     except LLMError as exc:
         raise LLMUnavailable(f"the LLM could not start: {exc}") from exc
 

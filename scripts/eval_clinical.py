@@ -1,13 +1,13 @@
 """Evidence for the clinical text stage (docs/clinical.md): run from the repository root.
 
     .venv/bin/python scripts/eval_clinical.py [--notes DIR] [--llm-model bundled|PATH|none]
-        [--llm-cases N] [--threads N]
+        [--llm-cases N] [--threads N] [--budget S] [--llm-alone]
 
 Prints, on the labelled notes: field accuracy of the deterministic path (laterality %,
 T/N/M/surgery at category level, the other fields) and seconds per case; then, on the first
-N notes, the full text stage with the LLM inside its default time budget (seconds per case,
-how often the model answered in time, accuracy of the reconciled result) and the LLM alone
-asked every field without a budget (its own accuracy and latency); and the machine.
+N notes, the full text stage with the LLM inside its time budget (seconds per case, how
+often the model answered in time, accuracy of the reconciled result), with ``--llm-alone``
+the LLM asked every field without a budget (its own accuracy and latency); and the machine.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engines.clinical.analysis import TIME_BUDGET_S, analyse
+from engines.clinical.budget import probe
 from engines.clinical.evaluation import Case, Scores, read_cases, score
 from engines.clinical.facts import FACT_FIELDS
 from engines.clinical.llm_extract import ask_facts
@@ -48,20 +49,23 @@ def show(title: str, scores: Scores) -> None:
 
 
 def with_llm(cases: list[Case], llm: LlamaRuntime, budget_s: float) -> None:
-    answered = 0
-    disagreements = 0
+    answered = narratives = disagreements = 0
 
     def run(text: str) -> tuple[dict[str, Any], float]:
-        nonlocal answered, disagreements
+        nonlocal answered, narratives, disagreements
         started = time.perf_counter()
         result = analyse(text, llm, time_budget_s=budget_s).to_json()
         answered += int(result["llm_used"])
+        narratives += int(result["summary_source"] == "llm")
         disagreements += len(result["disagreements"])
         return result, time.perf_counter() - started
 
     scores = score(cases, run)
     show(f"text stage with the LLM, budget {budget_s:g} s ({len(cases)} notes)", scores)
-    print(f"  LLM answered in time: {answered}/{len(cases)}; disagreements: {disagreements}")
+    print(
+        f"  LLM facts answered: {answered}/{len(cases)}; LLM narratives used: "
+        f"{narratives}/{len(cases)}; disagreements reported: {disagreements}"
+    )
 
 
 def llm_alone(cases: list[Case], llm: LlamaRuntime) -> None:
@@ -95,6 +99,10 @@ def main() -> int:
     parser.add_argument("--llm-model", default="bundled")
     parser.add_argument("--llm-cases", type=int, default=10, help="notes run with the LLM")
     parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads")
+    parser.add_argument(
+        "--llm-alone", action="store_true", help="also ask the LLM every field without a budget"
+    )
+    parser.add_argument("--budget", type=float, default=TIME_BUDGET_S, help="text stage budget")
     args = parser.parse_args()
     cases = read_cases(args.notes)
     scores = score(cases, rules_only)
@@ -107,10 +115,11 @@ def main() -> int:
     llm = None
     if model and args.llm_cases > 0:
         llm = LlamaRuntime(model, n_threads=args.threads)
-        llm.load()
+        probe(llm, load=True)  # as the engine does once per worker
         subset = cases[:: max(1, len(cases) // args.llm_cases)][: args.llm_cases]
-        with_llm(subset, llm, TIME_BUDGET_S)
-        llm_alone(subset, llm)
+        with_llm(subset, llm, args.budget)
+        if args.llm_alone:
+            llm_alone(subset, llm)
     machine(llm.n_threads if llm else None)
     return 0
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from engines.clinical import budget
 from engines.clinical.analysis import analyse
 from engines.clinical.llm_extract import CLOSE, OPEN, facts_prompt, facts_schema, fields_to_ask
 from engines.clinical.summary import narrative_problem
@@ -150,3 +151,23 @@ def test_real_model_output_stays_inside_the_schema() -> None:
         if d["field"] in ("T", "N", "M") and d["llm"] is not None:
             assert re.fullmatch(r"[TNM](is|[0-4][a-d]?|X)", d["llm"])
     assert result["summary_source"] in ("llm", "template")
+
+
+def test_a_call_predicted_to_overrun_the_budget_is_not_made() -> None:
+    slow = FakeLLM({"site": "breast", "laterality": "right"})
+    budget.observe(slow, "x" * 400, 10, seconds=60.0)  # this generator was measured as slow
+    result = analyse(INJECTION, slow, time_budget_s=5.0).to_json()
+    assert slow.prompts == [] and result["llm_used"] is False
+    assert any("facts skipped: expected" in n for n in result["notes"])
+    assert result["laterality"] == "left"
+
+
+def test_speed_is_learnt_per_generator() -> None:
+    fast, slow = FakeLLM({}), FakeLLM({})
+    budget.observe(fast, "x" * 400, 10, seconds=0.5)
+    budget.observe(slow, "x" * 400, 10, seconds=5.0)
+    fast_s = budget.predicted_s(fast, "y" * 800, 20)
+    slow_s = budget.predicted_s(slow, "y" * 800, 20)
+    assert fast_s is not None and slow_s is not None
+    assert slow_s == pytest.approx(10 * fast_s) and 0.5 < fast_s < 1.5
+    assert budget.predicted_s(FakeLLM({}), "y", 1) is None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engines.clinical import llm_extract, summary
+from engines.clinical import budget, llm_extract, summary
 from engines.clinical.facts import FACT_FIELDS, ClinicalFacts
 from engines.clinical.protocols import DEFAULT_DIR, Protocol, load_protocols
 from engines.clinical.reconcile import Disagreement, reconcile, reported
@@ -129,13 +129,37 @@ def _ask_facts(
 ) -> dict[str, Any] | None:
     found = {name: facts.value(name) for name in FACT_FIELDS}
     fields = llm_extract.fields_to_ask(facts.site, found)
+    prompt, schema, max_tokens = llm_extract.facts_request(text, fields)
+    if not _admitted(llm, prompt, max_tokens, timeout_s, "facts", notes):
+        return None
     notes.append(f"LLM asked for: {', '.join(fields)}")
     try:
-        return llm_extract.ask_facts(llm, text, fields, max(timeout_s, 0.5))
+        reply = budget.timed_generate(llm, prompt, schema, max_tokens, max(timeout_s, 0.5))
     except LLMError as exc:
         notes.append(f"LLM facts not used ({exc}): deterministic extraction only")
         logger.warning("clinical LLM facts failed: %s", exc)
         return None
+    return llm_extract.normalise(reply, fields)
+
+
+def _admitted(
+    llm: JsonGenerator, prompt: str, max_tokens: int, left_s: float, what: str, notes: list[str]
+) -> bool:
+    """Whether the call is expected to finish in ``left_s`` (re-measuring a stale speed)."""
+    if budget.is_stale(llm) and left_s > 2 * MIN_NARRATIVE_S:
+        try:
+            budget.probe(llm, timeout_s=left_s)
+        except LLMError as exc:
+            notes.append(f"LLM {what} not used (probe failed: {exc})")
+            return False
+    expected = budget.predicted_s(llm, prompt, max_tokens)
+    if expected is not None and expected > left_s:
+        notes.append(
+            f"LLM {what} skipped: expected {expected:.1f} s on this machine, "
+            f"{max(left_s, 0):.1f} s of the time budget left"
+        )
+        return False
+    return True
 
 
 def _narrative(
@@ -145,14 +169,18 @@ def _narrative(
     notes: list[str],
     disagreements: list[Disagreement],
 ) -> tuple[str, str]:
-    if timeout_s < MIN_NARRATIVE_S:
-        notes.append("LLM narrative skipped (time budget spent): template summary used")
+    prompt, schema, max_tokens = summary.narrative_request(template)
+    if timeout_s < MIN_NARRATIVE_S or not _admitted(
+        llm, prompt, max_tokens, timeout_s, "narrative", notes
+    ):
+        notes.append("template summary used")
         return template, "template"
     try:
-        narrative = summary.ask_narrative(llm, template, timeout_s)
+        reply = budget.timed_generate(llm, prompt, schema, max_tokens, timeout_s)
     except LLMError as exc:
         notes.append(f"LLM narrative failed ({exc}): template summary used")
         return template, "template"
+    narrative = str(reply.get("summary", "")).strip()
     problem = summary.narrative_problem(narrative, template)
     if problem:
         reason = f"LLM narrative rejected: {problem}"

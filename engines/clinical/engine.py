@@ -25,9 +25,10 @@ from pydicom.errors import InvalidDicomError
 from appliance.yamlsource import ConfigError
 from engines.base import ClinicalDocument, EngineContext, EngineError
 from engines.clinical.analysis import TIME_BUDGET_S, ClinicalAnalysis, analyse
+from engines.clinical.budget import probe
 from engines.clinical.report_sr import make_clinical_sr
 from engines.llm.models import BUNDLED, resolve_model
-from engines.llm.runtime import LlamaRuntime, LLMUnavailable, available
+from engines.llm.runtime import LlamaRuntime, LLMError, LLMUnavailable, available
 
 logger = logging.getLogger(__name__)
 
@@ -136,4 +137,8 @@ class ClinicalTextEngine:
         if self._llm is None or str(self._llm.model_path) != model:
             threads = settings.get("clinical_llm_threads")
             self._llm = LlamaRuntime(model, n_threads=int(threads) if threads else None)
+            try:
+                probe(self._llm, load=True)  # load once per worker and learn its speed
+            except LLMError as exc:
+                raise EngineError(f"clinical_text: the LLM could not start: {exc}") from exc
         return self._llm, ""

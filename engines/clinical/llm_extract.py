@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from engines.clinical.facts import FACT_FIELDS, LATERALITIES, SITES, SURGERIES
+from engines.clinical.text import Note
 from engines.llm.runtime import JsonGenerator
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,21 @@ N_PATTERN = r"^(c|p|yp)?N([0-3][a-c]?|x)$"
 M_PATTERN = r"^(c|p)?M([01]|x)$"
 GLEASON_PATTERN = r"^[1-5]\+[1-5]$"
 MAX_NOTE_CHARS = 4000
+FULL_NOTE_CHARS = 500  # shorter notes go to the model whole
+_STAGE_CUES = r"\b[cpy]{0,2}[TNM][0-4xX+]|stag|metasta|nod(e|al)|PET|scan"
+_CUES = {
+    "site": r"breast|prostat|mamma|PSA|Gleason",
+    "laterality": r"left|right|bilateral|\b(L|R|Lt|Rt)\b|links|rechts|sinistr|destr",
+    "T": _STAGE_CUES,
+    "N": _STAGE_CUES,
+    "M": _STAGE_CUES,
+    "surgery": r"ectom|excision|WLE|BC[ST]|surgery|operat|RALP|RARP|RRP|lump",
+    "neoadjuvant": r"adjuvant|pre-?op|chemo|NACT|systemic|ADT|hormon",
+    "age": r"\byears?\b|\byrs?\b|\by/?o\b|\bage|\bold\b|\b\d\d ?[FM]\b",
+    "psa": r"PSA",
+    "gleason": r"Gleason|\bGS\b|ISUP|grade",
+    "svi": r"seminal|SVI|vesic|T3b",
+}
 TOKENS_PER_FIELD = 14  # a key, its value and the grammar's optional spaces
 SITE_FIELDS = {
     "breast": ("laterality", "T", "N", "M", "surgery", "neoadjuvant", "age"),
@@ -80,6 +96,17 @@ def facts_schema(fields: tuple[str, ...] = FACT_FIELDS) -> dict[str, Any]:
     }
 
 
+def excerpt(note: str, fields: tuple[str, ...]) -> str:
+    """The note's sentences that mention an asked field (in order; the whole note when
+    short). The model's time goes to what it is asked about; nothing is rewritten."""
+    if len(note) <= FULL_NOTE_CHARS:
+        return note
+    cues = re.compile("|".join(f"(?:{_CUES[f]})" for f in fields), re.IGNORECASE)
+    parsed = Note.from_text(note)
+    kept = [note[s:e].strip() for s, e in parsed.sentences if cues.search(note[s:e])]
+    return " ".join(kept) if kept else note[:FULL_NOTE_CHARS]
+
+
 def facts_prompt(note: str, fields: tuple[str, ...] = FACT_FIELDS) -> str:
     """A fixed instruction, the note between markers (removed from the note itself), then
     the asked fields: the fixed start is a prefix llama.cpp reuses from the last call."""
@@ -92,15 +119,18 @@ def facts_prompt(note: str, fields: tuple[str, ...] = FACT_FIELDS) -> str:
     )
 
 
+def facts_request(note: str, fields: tuple[str, ...]) -> tuple[str, dict[str, Any], int]:
+    """Prompt, schema and token limit of the facts call for ``fields``."""
+    prompt = facts_prompt(excerpt(note, fields), fields)
+    return prompt, facts_schema(fields), 8 + TOKENS_PER_FIELD * len(fields)
+
+
 def ask_facts(
     generator: JsonGenerator, note: str, fields: tuple[str, ...], timeout_s: float
 ) -> dict[str, Any]:
     """The LLM's values of ``fields``, normalised; raises LLMError."""
-    max_tokens = 8 + TOKENS_PER_FIELD * len(fields)
-    reply = generator.generate_json(
-        facts_prompt(note, fields), facts_schema(fields), max_tokens, timeout_s
-    )
-    return normalise(reply, fields)
+    prompt, schema, max_tokens = facts_request(note, fields)
+    return normalise(generator.generate_json(prompt, schema, max_tokens, timeout_s), fields)
 
 
 def normalise(reply: dict[str, Any], fields: tuple[str, ...] = FACT_FIELDS) -> dict[str, Any]:

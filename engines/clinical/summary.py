@@ -8,7 +8,6 @@ from typing import Any
 
 from engines.clinical.facts import ClinicalFacts
 from engines.clinical.strategy import Strategy
-from engines.llm.runtime import JsonGenerator
 
 MAX_CHARS = 320
 MAX_TOKENS = 96
@@ -130,12 +129,9 @@ def narrative_prompt(template: str) -> str:
     )
 
 
-def ask_narrative(generator: JsonGenerator, template: str, timeout_s: float) -> str:
-    """The model's narrative (unchecked); raises LLMError."""
-    reply = generator.generate_json(
-        narrative_prompt(template), narrative_schema(), MAX_TOKENS, timeout_s
-    )
-    return str(reply.get("summary", "")).strip()
+def narrative_request(template: str) -> tuple[str, dict[str, Any], int]:
+    """Prompt, schema and token limit of the narrative call."""
+    return narrative_prompt(template), narrative_schema(), MAX_TOKENS
 
 
 def narrative_problem(narrative: str, template: str) -> str:
