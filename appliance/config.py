@@ -65,6 +65,18 @@ class StorageSettings(_Strict):
     min_free_disk_mb: Annotated[int, Field(ge=0)] = 1024
 
 
+class SpoolSettings(_Strict):
+    """Retention of received instances (the TPS/PACS keeps the originals).
+
+    A series' spool files are deleted ``retention_days`` after its last activity (last
+    instance, completion, job end, send), and only once every job of the series is done
+    or skipped and every output delivered. 0 keeps everything forever.
+    """
+
+    retention_days: Annotated[float, Field(ge=0)] = 30.0
+    purge_interval_minutes: Annotated[float, Field(gt=0)] = 60.0
+
+
 class CompletionSettings(_Strict):
     quiet_seconds: Annotated[float, Field(ge=0)] = 3.0
     tick_seconds: Annotated[float, Field(gt=0)] = 0.5
@@ -122,6 +134,7 @@ class NodeConfig(_Strict):
     node: NodeSettings = NodeSettings()
     security: SecuritySettings = SecuritySettings()
     storage: StorageSettings = StorageSettings()
+    spool: SpoolSettings = SpoolSettings()
     completion: CompletionSettings = CompletionSettings()
     workers: WorkerSettings = WorkerSettings()
     delivery: DeliverySettings = DeliverySettings()

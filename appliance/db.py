@@ -29,6 +29,8 @@ class Base(DeclarativeBase):
 class SeriesState:
     RECEIVING = "receiving"
     COMPLETE = "complete"
+    PURGING = "purging"  # retention: rows marked purged, spool files being deleted
+    PURGED = "purged"  # retention: its spool files are gone (a new instance re-opens it)
 
 
 class JobState:
@@ -76,6 +78,8 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(Integer)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[datetime] = mapped_column(DateTime)
+    # retention (migration 0003): set when the spool file was deleted
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Series(Base):
@@ -85,13 +89,14 @@ class Series(Base):
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     patient_id: Mapped[str] = mapped_column(String(64), default="")
     attributes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING)
+    state: Mapped[str] = mapped_column(String(16), default=SeriesState.RECEIVING, index=True)
     complete_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     instance_count: Mapped[int] = mapped_column(Integer, default=0)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[datetime] = mapped_column(DateTime)
     last_received_at: Mapped[datetime] = mapped_column(DateTime)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)  # last purge
 
 
 class Job(Base):

@@ -113,6 +113,16 @@ class ResendRequested(Event):
 
 
 @dataclass(frozen=True)
+class SpoolPurged(Event):
+    """Retention deleted the spool files of one series (its index rows are kept, purged)."""
+
+    instances: int = 0
+    bytes: int = 0
+    retention_days: float = 0.0
+    last_activity: str = ""  # ISO time the retention period was counted from
+
+
+@dataclass(frozen=True)
 class NodeStarted(Event):
     ae_title: str = ""
     port: int = 0

@@ -31,6 +31,8 @@ from appliance.events import (
     SeriesCompleted,
 )
 from appliance.reindex import reindex_orphans
+from appliance.retention import Retention
+from appliance.retention_store import RetentionStore
 from appliance.store import JobView, Store
 from appliance.workers import PoolSettings, WorkerPool
 from dicom_node.intake import Intake
@@ -41,6 +43,8 @@ from rules.matcher import load_rules, matching_rules
 from rules.schema import Rule, RuleSet
 
 logger = logging.getLogger(__name__)
+
+RETENTION_FIRST_RUN_S = 60  # the first retention check after start-up
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,14 @@ class Node:
             self.clock,
             quiet_seconds=self.cfg.completion.quiet_seconds,
             min_free_bytes=self.cfg.storage.min_free_disk_mb * 1024 * 1024,
+        )
+        self.retention = Retention(
+            RetentionStore(self.db),
+            self.spool,
+            self.bus,
+            self.clock,
+            self.cfg.spool,
+            exclusive=self.intake.series_exclusive,
         )
         self.clinical_store = ClinicalStore(self.db)
         self.clinical = ClinicalText(
@@ -174,6 +186,7 @@ class Node:
     def recover(self) -> dict[str, Any]:
         """Make the state consistent after a crash or restart."""
         purged = self.spool.purge_incoming()
+        self.retention.finish_interrupted()
         reindexed = reindex_orphans(self.spool, self.store, self.clock)
         armed = self.store.arm_orphan_series(self.clock.now() + _quiet(self))
         requeued = self.store.requeue_interrupted_jobs()
@@ -210,6 +223,16 @@ class Node:
             max_instances=1,
             coalesce=True,
         )
+        if self.retention.enabled:
+            self.scheduler.add_job(
+                self.retention.tick,
+                "interval",
+                minutes=self.cfg.spool.purge_interval_minutes,
+                id="retention",
+                max_instances=1,
+                coalesce=True,
+                next_run_time=datetime.now(UTC) + timedelta(seconds=RETENTION_FIRST_RUN_S),
+            )
         self.scheduler.start()
 
     def _job_done(self, _job: JobView) -> None:

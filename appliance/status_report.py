@@ -10,6 +10,8 @@ from appliance.clinical_store import ClinicalStore
 from appliance.clock import SystemClock
 from appliance.config import LoadedConfig
 from appliance.db import JobState
+from appliance.retention import format_spool, spool_report
+from appliance.retention_store import RetentionStore
 from appliance.service import NodePaths, open_database
 from appliance.store import Store
 
@@ -35,6 +37,7 @@ def collect_status(loaded: LoadedConfig) -> dict[str, Any]:
             "data_dir": str(loaded.data_dir),
         },
         "series": store.count_series(),
+        "spool": spool_report(RetentionStore(engine), cfg.spool, clock.now()),
         "recent_series": [_series(s) for s in store.recent_series(5)],
         "jobs": store.jobs_by_state(),
         "failed_jobs": [_job(j) for j in store.recent_jobs(5, JobState.FAILED)],
@@ -112,6 +115,8 @@ def format_status(report: dict[str, Any]) -> str:
             f"  {s['modality']:<6} {s['state']:<9} {s['instances']:>5} inst  "
             f"patient={s['patient_id']} {s['series_uid']}"
         )
+    if "spool" in report:
+        lines.extend(format_spool(report["spool"]))
     lines.append("jobs:         " + _counts(report["jobs"]))
     for j in report["failed_jobs"]:
         lines.append(

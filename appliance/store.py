@@ -23,11 +23,19 @@ from appliance.db import Delivery, DeliveryState, Instance, Job, JobState, Serie
 logger = logging.getLogger(__name__)
 
 
+# A new instance, or one whose spool file retention deleted (received again: it lives
+# again). A live row is left alone and changes nothing: the caller sees a duplicate.
 _INSERT_INSTANCE = text(
     "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid, patient_id,"
     " transfer_syntax, path, size_bytes, calling_ae, received_at) VALUES (:sop_instance_uid,"
     " :sop_class_uid, :study_uid, :series_uid, :patient_id, :transfer_syntax, :path,"
-    " :size_bytes, :calling_ae, :received_at)"
+    " :size_bytes, :calling_ae, :received_at) ON CONFLICT (sop_instance_uid) DO UPDATE SET"
+    " sop_class_uid = excluded.sop_class_uid, study_uid = excluded.study_uid,"
+    " series_uid = excluded.series_uid, patient_id = excluded.patient_id,"
+    " transfer_syntax = excluded.transfer_syntax, path = excluded.path,"
+    " size_bytes = excluded.size_bytes, calling_ae = excluded.calling_ae,"
+    " received_at = excluded.received_at, purged_at = NULL"
+    " WHERE instances.purged_at IS NOT NULL"
 )
 _UPSERT_SERIES = text(
     "INSERT INTO series (series_uid, study_uid, patient_id, attributes, state, complete_at,"
@@ -138,8 +146,9 @@ class Store:
             return s.get(Instance, sop_instance_uid) is not None
 
     def known_paths(self) -> set[str]:
+        """Spool paths of the indexed instances whose files retention has not deleted."""
         with self._tx() as s:
-            return set(s.scalars(select(Instance.path)))
+            return set(s.scalars(select(Instance.path).where(Instance.purged_at.is_(None))))
 
     def add_instance(self, rec: InstanceRecord, now: datetime) -> None:
         """Index a stored instance and (re)open its series; raises DuplicateInstance.
@@ -150,7 +159,8 @@ class Store:
         values = {**_instance_values(rec, now), "attributes": json.dumps(rec.attributes)}
         try:
             with self._engine.begin() as conn:
-                conn.execute(_INSERT_INSTANCE, values)
+                if conn.execute(_INSERT_INSTANCE, values).rowcount == 0:
+                    raise DuplicateInstance(rec.sop_instance_uid)
                 conn.execute(_UPSERT_SERIES, values)
         except IntegrityError as exc:
             raise DuplicateInstance(rec.sop_instance_uid) from exc
@@ -205,8 +215,12 @@ class Store:
             }
 
     def series_files(self, series_uid: str) -> list[str]:
+        """Spool paths of the series' instances (not those retention purged)."""
         with self._tx() as s:
-            return list(s.scalars(select(Instance.path).where(Instance.series_uid == series_uid)))
+            stmt = select(Instance.path).where(
+                Instance.series_uid == series_uid, Instance.purged_at.is_(None)
+            )
+            return list(s.scalars(stmt))
 
     def recent_series(self, limit: int = 10) -> list[Series]:
         with self._tx() as s:

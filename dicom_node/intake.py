@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -112,6 +115,9 @@ class Intake:
         self._min_free = min_free_bytes
         self._assocs: dict[int, _AssocState] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._storing: Counter[str] = Counter()  # series -> stores in progress
+        self._purging: set[str] = set()  # series whose spool files retention is deleting
 
     def store(self, rx: Received) -> int:
         """Store one received file; returns the DICOM status for the peer."""
@@ -142,6 +148,10 @@ class Intake:
             raise Refused(status.OUT_OF_RESOURCES, "free disk space below the configured watermark")
         header = _read_header(rx.path)
         rec = _record(header, rx)
+        with self._storing_series(rec.series_uid):
+            return self._store_record(rx, rec)
+
+    def _store_record(self, rx: Received, rec: InstanceRecord) -> int:
         final = self._spool.path_for(rec.study_uid, rec.series_uid, rec.sop_instance_uid)
         if final.exists():  # the spool, not the index, is the source of truth
             return self._duplicate(rx, rec)
@@ -179,6 +189,41 @@ class Intake:
             batch.duplicates += int(duplicate)
             batch.count += int(not duplicate)
             batch.bytes += 0 if duplicate else rec.size_bytes
+
+    @contextmanager
+    def _storing_series(self, series_uid: str) -> Iterator[None]:
+        """Mark a store of ``series_uid`` in progress; waits while retention deletes it."""
+        with self._changed:
+            while series_uid in self._purging:
+                self._changed.wait()
+            self._storing[series_uid] += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._storing[series_uid] -= 1
+                if self._storing[series_uid] <= 0:
+                    del self._storing[series_uid]
+
+    @contextmanager
+    def series_exclusive(self, series_uid: str) -> Iterator[bool]:
+        """For retention: yields True and holds stores of ``series_uid`` back meanwhile.
+
+        Yields False (and holds nothing) when the series is being received right now.
+        """
+        with self._changed:
+            free = series_uid not in self._storing and not any(
+                series_uid in st.series for st in self._assocs.values()
+            )
+            if free:
+                self._purging.add(series_uid)
+        try:
+            yield free
+        finally:
+            if free:
+                with self._changed:
+                    self._purging.discard(series_uid)
+                    self._changed.notify_all()
 
     def busy_series(self) -> set[str]:
         """Series that an open association is still sending."""

@@ -6,6 +6,7 @@ network can escape the spool.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -66,6 +67,26 @@ class Spool:
     def iter_files(self) -> list[Path]:
         return [p for p in self.root.glob("*/*/*.dcm") if p.is_file()]
 
+    def discard(self, paths: list[Path]) -> int:
+        """Delete spool files (retention) and their series folders once empty; returns count.
+
+        Only files under the spool root are touched; a missing file is not an error. The
+        study folder is left in place (another series of the study may be arriving).
+        """
+        removed = 0
+        folders: set[Path] = set()
+        for path in paths:
+            if not path.is_relative_to(self.root) or path.parent == self.root:
+                logger.warning("not deleting %s: outside the spool's series folders", path)
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+            folders.add(path.parent)
+        for folder in folders:
+            _remove_if_empty(folder)
+        return removed
+
     def purge_incoming(self) -> int:
         """Remove partial files left by an interrupted receive. Returns count."""
         count = 0
@@ -76,6 +97,14 @@ class Spool:
             part.unlink(missing_ok=True)
             count += 1
         return count
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            logger.warning("could not remove spool folder %s: %s", folder, exc.strerror)
 
 
 def _fsync_file(path: Path) -> None:
