@@ -95,6 +95,19 @@ class NetNamespace:
         assert done.returncode == 0, done.stderr
         return [line.split()[3] for line in done.stdout.splitlines()]
 
+    def listening_pids(self, *, inside: bool) -> dict[int, set[int]]:
+        """pid -> TCP ports it listens on, seen from inside the namespace or from the host."""
+        ss = shutil.which("ss", path=_SBIN_PATH) or "ss"
+        cmd = [*self.prefix, ss, "-Hltnp"] if inside else [ss, "-Hltnp"]
+        done = _run(*cmd)
+        assert done.returncode == 0, done.stderr
+        found: dict[int, set[int]] = {}
+        for line in done.stdout.splitlines():
+            port = int(line.split()[3].rsplit(":", 1)[1])
+            for pid in re.findall(r"pid=(\d+)", line):
+                found.setdefault(int(pid), set()).add(port)
+        return found
+
     def delete(self) -> None:
         _run(self.ip, "netns", "delete", self.name)
 

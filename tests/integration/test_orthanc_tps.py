@@ -30,6 +30,7 @@ from tests.integration.orthanc import (
     NODE_PORT_IN_NS,
     ORTHANC_AE,
     ORTHANC_DICOM_PORT,
+    ORTHANC_HTTP_PORT,
     NamespaceUnavailable,
     NetNamespace,
     Orthanc,
@@ -139,6 +140,11 @@ def test_orthanc_namespace_is_loopback_only(netns: NetNamespace, orthanc: Orthan
     assert {a.split("/")[0] for a in netns.addresses()} <= {"127.0.0.1", "::1"}
     system = orthanc.get("/system")
     assert (system["DicomAet"], system["DicomPort"]) == (ORTHANC_AE, ORTHANC_DICOM_PORT)
+    # Orthanc listens on 0.0.0.0, but only in the namespace: the host has no such socket.
+    assert orthanc.proc is not None
+    inside = netns.listening_pids(inside=True)
+    assert inside.get(orthanc.proc.pid) == {ORTHANC_DICOM_PORT, ORTHANC_HTTP_PORT}
+    assert orthanc.proc.pid not in netns.listening_pids(inside=False)
 
 
 def test_storescu_ct_to_node_rtstruct_arrives_in_orthanc(
