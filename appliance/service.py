@@ -44,7 +44,7 @@ from rules.schema import Rule, RuleSet
 
 logger = logging.getLogger(__name__)
 
-RETENTION_FIRST_RUN_S = 60  # the first retention check after start-up
+RETENTION_FIRST_RUN_S = 60  # the first retention check after start-up (at most)
 
 
 @dataclass(frozen=True)
@@ -224,14 +224,16 @@ class Node:
             coalesce=True,
         )
         if self.retention.enabled:
+            every_s = self.cfg.spool.purge_interval_minutes * 60
             self.scheduler.add_job(
                 self.retention.tick,
                 "interval",
-                minutes=self.cfg.spool.purge_interval_minutes,
+                seconds=every_s,
                 id="retention",
                 max_instances=1,
                 coalesce=True,
-                next_run_time=datetime.now(UTC) + timedelta(seconds=RETENTION_FIRST_RUN_S),
+                next_run_time=datetime.now(UTC)
+                + timedelta(seconds=min(every_s, RETENTION_FIRST_RUN_S)),
             )
         self.scheduler.start()
 
