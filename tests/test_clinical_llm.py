@@ -113,6 +113,10 @@ def test_narrative_with_foreign_numbers_is_rejected() -> None:
         "A 62-year-old with left pT3 breast cancer here.", template
     )
     assert "sides" in narrative_problem("A 62-year-old with right breast cancer, pT2.", template)
+    surgery = template + " Treated with breast-conserving surgery."
+    assert "terms" in narrative_problem(
+        "A 62-year-old after mastectomy for left breast cancer.", surgery
+    )
 
 
 def test_narrative_used_only_when_checked() -> None:

@@ -19,7 +19,13 @@ CHARS_PER_TOKEN = 4.0
 TEMPLATE_CHARS = 80  # the system prompt and chat template around every prompt
 GENERATED_COST = 2.5  # a generated token costs about 2.5 prompt tokens on CPU (measured)
 SMOOTHING = 0.5
+PROBE_TOKENS = 16  # room for {"ok": true} with the spaces the grammar allows
 STALE_S = 120.0  # an estimate older than this is re-measured with a probe
+PROBE_TEXT = (
+    "Routine speed check of the local model before clinical text is processed. The reply "
+    "is not used for any clinical purpose; it only measures how long reading a prompt of "
+    "about this length and writing a short structured answer takes on this machine today."
+)
 _PROBE_SCHEMA = {
     "type": "object",
     "properties": {"ok": {"type": "boolean"}},
@@ -80,5 +86,8 @@ def probe(generator: JsonGenerator, load: bool = False, timeout_s: float = 30.0)
     """A tiny timed call that measures the speed; with ``load``, an untimed one first
     (it starts the worker and loads the model, which must not count as speed)."""
     if load:
-        generator.generate_json("Answer ok.", _PROBE_SCHEMA, 4, timeout_s)
-    timed_generate(generator, "Answer ok.", _PROBE_SCHEMA, 4, timeout_s)
+        generator.generate_json("Answer ok.", _PROBE_SCHEMA, PROBE_TOKENS, timeout_s)
+    # A prompt of note-like length that shares no prefix with the last one (llama.cpp
+    # reuses a cached prefix, which would make the probe look faster than a real call).
+    prompt = f"{time.time_ns()} {PROBE_TEXT} Answer ok."
+    timed_generate(generator, prompt, _PROBE_SCHEMA, PROBE_TOKENS, timeout_s)

@@ -14,6 +14,14 @@ MAX_TOKENS = 96
 _STAGE_TOKEN = re.compile(r"(?<![A-Za-z0-9])(?:yp|yc|c|p)?[TNM](?:is|[0-4][a-d]?|x|X)(?:mi)?\b")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _SIDE = re.compile(r"\b(left|right|bilateral)\b", re.IGNORECASE)
+# Words that name a category the facts decide: a narrative may use only those the
+# template uses (no "mastectomy" after breast-conserving surgery, no "prostate" for breast).
+_CATEGORY_WORDS = re.compile(
+    r"\b(mastectom\w*|lumpectom\w*|breast-conserving|prostatectom\w*|prostate|breast|"
+    r"chest wall|neoadjuvant|seminal vesicle\w*|pelvic nodes?|regional nodes?|RTOG|ESTRO|"
+    r"low|intermediate|high)\b",
+    re.IGNORECASE,
+)
 _RISK_WORDS = {
     "very_low": "very low",
     "low": "low",
@@ -135,12 +143,12 @@ def narrative_request(template: str) -> tuple[str, dict[str, Any], int]:
 
 
 def narrative_problem(narrative: str, template: str) -> str:
-    """Why ``narrative`` must not be used ("" when every number, stage and side it states
-    also occurs in the deterministic ``template``)."""
+    """Why ``narrative`` must not be used ("" when every number, stage, side and category
+    term it states also occurs in the deterministic ``template``)."""
     if len(narrative) < 20:
         return "narrative empty or too short"
     problems = []
-    for name, regex in (("stages", _STAGE_TOKEN), ("sides", _SIDE)):
+    for name, regex in (("stages", _STAGE_TOKEN), ("sides", _SIDE), ("terms", _CATEGORY_WORDS)):
         extra = _tokens(regex, narrative) - _tokens(regex, template)
         if extra:
             problems.append(f"{name} not in the facts: {sorted(extra)}")
