@@ -47,6 +47,8 @@ def test_labelled_note(name: str) -> None:
         ("Laterality: Left. Invasive ductal carcinoma of the breast.", "left"),
         ("Breast cancer L, cN+, pT2 pN1a.", "left"),
         ("64 yoF with R breast ca, s/p lumpectomy.", "right"),
+        ("Dx 2025: L breast IDC, s/p L WLE 06/2025. s/p R mastectomy 2010 for DCIS.", "left"),
+        ("Right breast IDC and left breast ILC, both diagnosed 2025, WLE each side.", "bilateral"),
     ],
 )
 def test_laterality(text: str, side: str) -> None:

@@ -30,6 +30,8 @@ _ORGAN = r"breast|br\b|brest|mamma\w*|brust|sein|seno|axill\w*|chest wall|CW\b|S
 _HEAD_TUMOUR = re.compile(rf"^[\s,:()-]{{0,3}}(\w+[\s-]){{0,3}}?({_TUMOUR})", re.IGNORECASE)
 _HEAD_ORGAN = re.compile(rf"^[\s,:()-]{{0,3}}(\w+[\s-]){{0,2}}?({_ORGAN})", re.IGNORECASE)
 _TAIL_ORGAN = re.compile(rf"({_ORGAN}|{_TUMOUR})[\s,:-]{{0,3}}(\w+\s){{0,1}}$", re.IGNORECASE)
+_YEAR = re.compile(r"(?<!\d)((?:19|20)\d{2})(?!\d)")
+OLD_YEARS = 3
 _LABEL = re.compile(r"\b(laterality|side|seite|lato|c\u00f4t\u00e9)\s*[:=-]\s*$", re.IGNORECASE)
 _ABBR_TAIL = re.compile(rf"\b({_ORGAN}|{_TUMOUR})[\s,:-]{{0,2}}$", re.IGNORECASE)
 _ABBR_HEAD = re.compile(rf"^[\s-]{{0,2}}({_ORGAN}|{_TUMOUR})", re.IGNORECASE)
@@ -56,6 +58,9 @@ def find_laterality(note: Note) -> tuple[str | None, Evidence | None]:
     bilateral = [m for m in mentions if m.side == "bilateral"]
     if bilateral:
         return "bilateral", bilateral[0].evidence
+    if _both_strong(mentions):
+        recent = [m for m in mentions if not _dated_years_before(note, m.evidence.start)]
+        mentions = recent if {m.side for m in recent} else mentions
     score = {side: sum(m.weight for m in mentions if m.side == side) for side in ("left", "right")}
     strong = {m.side for m in mentions if m.weight >= 3}
     low, high = sorted(score.values())
@@ -65,6 +70,20 @@ def find_laterality(note: Note) -> tuple[str | None, Evidence | None]:
     side = max(score, key=lambda s: (score[s], -_first(mentions, s)))
     best = max((m for m in mentions if m.side == side), key=lambda m: m.weight)
     return side, best.evidence
+
+
+def _both_strong(mentions: list[_Mention]) -> bool:
+    return {m.side for m in mentions if m.weight >= 3} == {"left", "right"}
+
+
+def _dated_years_before(note: Note, position: int) -> bool:
+    """The sentence names a year at least ``OLD_YEARS`` before the latest one in the note
+    ("s/p R mastectomy 2010" in a 2025 letter): an earlier cancer, when sides conflict."""
+    years = [int(y) for y in _YEAR.findall(note.text)]
+    if not years:
+        return False
+    own = [int(y) for y in _YEAR.findall(note.sentence_text(position))]
+    return any(y <= max(years) - OLD_YEARS for y in own)
 
 
 def _first(mentions: list[_Mention], side: str) -> int:
