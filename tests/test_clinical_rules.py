@@ -49,6 +49,7 @@ def test_labelled_note(name: str) -> None:
         ("64 yoF with R breast ca, s/p lumpectomy.", "right"),
         ("Dx 2025: L breast IDC, s/p L WLE 06/2025. s/p R mastectomy 2010 for DCIS.", "left"),
         ("Right breast IDC and left breast ILC, both diagnosed 2025, WLE each side.", "bilateral"),
+        ("Rt. breast cancer, IDC, s/p BCS with SLNB (2023.05.12), pT1cN0M0, ER(+).", "right"),
     ],
 )
 def test_laterality(text: str, side: str) -> None:

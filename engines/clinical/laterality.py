@@ -34,7 +34,7 @@ _YEAR = re.compile(r"(?<!\d)((?:19|20)\d{2})(?!\d)")
 OLD_YEARS = 3
 _LABEL = re.compile(r"\b(laterality|side|seite|lato|c\u00f4t\u00e9)\s*[:=-]\s*$", re.IGNORECASE)
 _ABBR_TAIL = re.compile(rf"\b({_ORGAN}|{_TUMOUR})[\s,:-]{{0,2}}$", re.IGNORECASE)
-_ABBR_HEAD = re.compile(rf"^[\s-]{{0,2}}({_ORGAN}|{_TUMOUR})", re.IGNORECASE)
+_ABBR_HEAD = re.compile(rf"^\.?[\s-]{{0,2}}({_ORGAN}|{_TUMOUR})", re.IGNORECASE)
 _DISEASE = re.compile(
     r"^[\s-]{0,2}(synchronous\s+|metachronous\s+)?(breast\s+)?(carcinomas?|cancers?|ca\b|"
     r"tumou?rs|disease|primar(y|ies)|IDC|ILC|DCIS|malignanc\w*)",

@@ -16,7 +16,8 @@ _PSA_RISE = re.compile(
     re.IGNORECASE,
 )
 _DATE = re.compile(
-    r"\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b|\b\d{1,2}/(?:19|20)\d{2}\b"
+    r"\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{4}[./-]\d{1,2}[./-]\d{1,2}\b"
+    r"|\b\d{1,2}/(?:19|20)\d{2}\b"
     r"|\b(?:19|20)\d{2}\b"
 )
 _PSA_LABEL = re.compile(

@@ -29,8 +29,29 @@ _SAME_LENGTH = str.maketrans(
 )
 # Sentence ends: ". " / "; " / "! " / "? ", a blank line, or a new line that starts with a
 # heading ("Path:", "MRI:") or a bullet. A plain line break is a wrapped line, not an end.
+# Not after abbreviations ("Rt. breast", "Dr. Lee", "vs. mastectomy", "62 y.o. woman").
+_ABBREVIATION_END = "".join(
+    f"(?<!{a})"
+    for a in (
+        r"\bRt\.",
+        r"\bLt\.",
+        r"\bDr\.",
+        r"\bMr\.",
+        r"\bMs\.",
+        r"Mrs\.",
+        r"\bvs\.",
+        r"\bca\.",
+        r"e\.g\.",
+        r"i\.e\.",
+        r"y\.o\.",
+        r"\bNo\.",
+        r"\bSt\.",
+        r"\bPt\.",
+    )
+)
 _SENTENCE_END = re.compile(
-    r"(?<=[.;!?])\s+(?=\S)|\n\s*\n|\n(?=\s*[-*\u2022])|\n(?=\s*[A-Za-z][\w /()&-]{0,30}:)"
+    rf"(?<=[;!?])\s+(?=\S)|(?<=\.){_ABBREVIATION_END}\s+(?=[^\s,;:)])|\n\s*\n"
+    r"|\n(?=\s*[-*\u2022])|\n(?=\s*[A-Za-z][\w /()&-]{0,30}:)"
 )
 _INSTRUCTION = re.compile(
     r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}\b(instructions?|prompts?|rules|above)\b"
