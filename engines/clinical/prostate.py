@@ -46,6 +46,7 @@ _GRADE_GROUP = re.compile(
     re.IGNORECASE,
 )
 _SURGICAL = re.compile(r"prostatectom\w*|RALP|RARP|RRP|specimen|radical", re.IGNORECASE)
+_BIOPSY = re.compile(r"biops\w*|\bbx\b|cores?\b|TRUS|diagnos\w*", re.IGNORECASE)
 _SVI = re.compile(
     r"\b(seminal\s+vesic\w*|SV)\s+(?:(?:is|are|was|were)\s+)?(invasion|involvement|infiltration|"
     r"extension|involved|invaded|positive)"
@@ -100,6 +101,14 @@ def _post_treatment(note: Note, match: re.Match[str]) -> bool:
     return bool(_POST_TREATMENT.search(note.before(match.start(), 200) + " " + after))
 
 
+def _surgical(note: Note, position: int) -> bool:
+    """The nearest specimen word before ``position`` in its sentence is surgical."""
+    before = note.before(position, 400)
+    surgical = [m.end() for m in _SURGICAL.finditer(before)]
+    biopsy = [m.end() for m in _BIOPSY.finditer(before)]
+    return bool(surgical) and max(surgical) > max(biopsy, default=-1)
+
+
 def find_gleason(note: Note) -> tuple[str | None, Evidence | None]:
     """The Gleason pattern ``"p+s"``: the highest on biopsy, else the highest on the
     prostatectomy specimen."""
@@ -113,7 +122,7 @@ def find_gleason(note: Note) -> tuple[str | None, Evidence | None]:
             if regex is _GLEASON_BARE and int(primary) + int(secondary) != int(match.group(3)):
                 continue
             taken.append(match.span())
-            surgical = bool(_SURGICAL.search(note.sentence_text(match.start())))
+            surgical = _surgical(note, match.start())
             mentions.append(_Gleason(f"{primary}+{secondary}", surgical, _evidence(note, match)))
     for surgical in (False, True):
         group = [m for m in mentions if m.surgical == surgical]

@@ -27,6 +27,7 @@ _AGE = (
     re.compile(r"\b(\d{1,3})\s*-?\s*(?:years?|yrs?)\s*-?\s*old\b", re.IGNORECASE),
     re.compile(r"\b(\d{1,3})\s*-?\s*(?:yo|y/o|y\.o\.)(?=[FM]?\b|\s|,|$)", re.IGNORECASE),
     re.compile(r"\b(\d{1,3})\s+(?:years?|yrs?)\s+of\s+age\b", re.IGNORECASE),
+    re.compile(r"(?<![\w/])[FM]\s*/\s*(\d{2,3})\b"),  # "F/52", "M/68"
     re.compile(
         r"\b(?:age|aged|alter)(?:\s+at\s+(?:diagnosis|presentation))?\s*[:=]?\s*(\d{1,3})\b",
         re.IGNORECASE,
@@ -106,6 +107,41 @@ def _staging(facts: ClinicalFacts, note: Note) -> None:
             facts.M, facts.evidence["M"] = "M0", absent
 
 
+_TENS = {
+    "twenty": 20,
+    "thirty": 30,
+    "forty": 40,
+    "fifty": 50,
+    "sixty": 60,
+    "seventy": 70,
+    "eighty": 80,
+    "ninety": 90,
+}
+_UNITS = {
+    "one": 1,
+    "two": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+}
+_AGE_WORDS = re.compile(
+    rf"\b({'|'.join(_TENS)})(?:[- ]({'|'.join(_UNITS)}))?[- ]years?[- ]old\b", re.IGNORECASE
+)
+
+
+def _age_in_words(note: Note) -> tuple[int, Evidence] | None:
+    """ "seventy-one years old" -> 71."""
+    match = _AGE_WORDS.search(note.text)
+    if match is None:
+        return None
+    age = _TENS[match.group(1).lower()] + _UNITS.get((match.group(2) or "").lower(), 0)
+    return age, Evidence(note.original[match.start() : match.end()], *match.span())
+
+
 def find_age(note: Note) -> tuple[int | None, Evidence | None]:
     """The first age in years (1-120) written in one of the usual forms (the terse forms
     only when no usual one occurs)."""
@@ -119,6 +155,8 @@ def find_age(note: Note) -> tuple[int | None, Evidence | None]:
         if found:
             _, age, match = min(found, key=lambda f: f[0])
             return age, Evidence(note.original[match.start() : match.end()], *match.span())
+        if patterns is _AGE and (words := _age_in_words(note)) is not None:
+            return words
     return None, None
 
 

@@ -38,7 +38,7 @@ _YP_CONTEXT = re.compile(r"\b(post-?NACT|after NACT|post-?neoadjuvant|ypTNM)\b",
 _CLINICAL_CONTEXT = re.compile(r"\b(clinical\w*|cTNM|DRE|staging|staged)\b", re.IGNORECASE)
 _NO_METASTASES = re.compile(
     r"\b(no|negative for|free of|without)\s+(evidence of\s+)?(distant\s+)?"
-    r"(metasta\w*|metastatic disease|distant disease)"
+    r"(metasta\w*|metastatic disease|distant disease|c?M1\b)"
     r"|\bstaging\s+(?:scans?|CT|PET(?:[/-]CT)?|work-?up|investigations?)?\s*(?:were|was|is|are)?"
     r"\s*(?:neg\b|negative|clear|unremarkable)",
     re.IGNORECASE,
@@ -58,6 +58,8 @@ def parse_stages(note: Note) -> list[Stage]:
                 continue
             if _NOT_A_STAGE.match(note.text[match.end() :]):
                 continue
+            if note.negated(match.start(), match.end(), words_before=2, after=False):
+                continue  # "no M1 disease", "no T3 features"
             taken.append(match.span())
             stages.extend(_components(note, match))
     return sorted(stages, key=lambda s: s.evidence.start)
