@@ -28,6 +28,10 @@ _AGE = (
     re.compile(r"\b(\d{1,3})\s*-?\s*(?:yo|y/o|y\.o\.)(?=[FM]?\b|\s|,|$)", re.IGNORECASE),
     re.compile(r"\b(\d{1,3})\s+(?:years?|yrs?)\s+of\s+age\b", re.IGNORECASE),
     re.compile(r"(?<![\w/])[FM]\s*/\s*(\d{2,3})\b"),  # "F/52", "M/68"
+    re.compile(  # "Re: Mrs J Smith, 59." / "Mr. Y, 69."
+        r"\b(?:Mr|Mrs|Ms|Miss)\.?\s+[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)?,\s*(\d{2,3})\b"
+        r"(?!\s*(?:mm|cm|%|ng|y(?:ea)?rs?\s+ago))"
+    ),
     re.compile(
         r"\b(?:age|aged|alter)(?:\s+at\s+(?:diagnosis|presentation))?\s*[:=]?\s*(\d{1,3})\b",
         re.IGNORECASE,

@@ -12,7 +12,7 @@ import re
 from engines.clinical.facts import Evidence, Stage
 from engines.clinical.text import Note
 
-_PRE = r"(?P<{k}pre>yp|YP|yc|rp|rc|mr|c|p|P|y|r|a)?"
+_PRE = r"(?P<{k}pre>yp|YP|yc|rp|rc|mr|c|C|p|P|y|r|a)?"
 _T = _PRE.format(k="t") + r"T(?P<t>is|1mi|[0-4][a-dA-D]?|[xX])(?:\((?:m|\d|sn|dcis)\))?"
 _N = (
     _PRE.format(k="n")
@@ -45,7 +45,12 @@ _NO_METASTASES = re.compile(
 )
 
 
-_PREFIXES = {"YP": "yp", "P": "p", "mr": "c"}  # upper-case reports; MRI staging is clinical
+_PREFIXES = {
+    "YP": "yp",
+    "P": "p",
+    "C": "c",
+    "mr": "c",
+}  # upper-case reports; MRI staging is clinical
 
 
 def parse_stages(note: Note) -> list[Stage]:
@@ -60,6 +65,8 @@ def parse_stages(note: Note) -> list[Stage]:
                 continue
             if note.negated(match.start(), match.end(), words_before=2, after=False):
                 continue  # "no M1 disease", "no T3 features"
+            if match.groupdict().get("tpre") == "C" and match.groupdict().get("n") is None:
+                continue  # "CT2" alone may be a CT scan; "CT2 CN1 M0" is a stage
             taken.append(match.span())
             stages.extend(_components(note, match))
     return sorted(stages, key=lambda s: s.evidence.start)

@@ -76,7 +76,7 @@ HYPOTHETICAL = re.compile(
     re.IGNORECASE,
 )
 HISTORY = re.compile(
-    r"\b(history|previous|previously|prior|past|remote|contralateral|prophylactic|"
+    r"\b(history|previous|previously|prior(?!\s+to\b)|past|remote|contralateral|prophylactic|"
     r"risk[- ]reducing|benign)\b",
     re.IGNORECASE,
 )
