@@ -74,25 +74,34 @@ class _Gleason:
         return primary + secondary, primary
 
 
+@dataclass(frozen=True)
+class _Psa:
+    value: float  # ng/mL
+    labelled: bool  # "at diagnosis", "pre-operative", "iPSA"...
+    rising: bool  # the end of a rise ("rising to 8.7", "4.2 -> 6.8")
+    evidence: Evidence
+
+
 def find_psa(note: Note) -> tuple[float | None, Evidence | None]:
-    """The diagnostic PSA: one labelled as such, else the latest of a rise ("rising to"),
+    """The diagnostic PSA in ng/mL: the first one labelled as such, else the last of a rise,
     else the first; post-treatment values (nadir, post-operative, recurrence) never count."""
-    found: list[tuple[bool, bool, float, Evidence]] = []
-    dateless = _DATE.sub(lambda m: " " * len(m.group(0)), note.text)
+    found = sorted(_psa_values(note), key=lambda p: p.evidence.start)
+    labelled = [p for p in found if p.labelled]
+    rising = [p for p in found if p.rising]
+    pick = labelled[0] if labelled else rising[-1] if rising else found[0] if found else None
+    return (pick.value, pick.evidence) if pick else (None, None)
+
+
+def _psa_values(note: Note) -> list[_Psa]:
+    dateless = _DATE.sub(lambda m: " " * len(m.group(0)), note.text)  # dates are not values
+    out = []
     for regex, rising in ((_PSA, False), (_PSA_RISE, True)):
         for match in regex.finditer(dateless):
             if _post_treatment(note, match):
                 continue
             labelled = bool(_PSA_LABEL.search(note.before(match.end(1), 60)))
-            evidence = _evidence(note, match)
-            found.append((labelled, rising, number(match.group(1)), evidence))
-    found.sort(key=lambda f: f[3].start)
-    for wanted in (lambda f: f[0], lambda f: f[1]):
-        chosen = [f for f in found if wanted(f)]
-        if chosen:
-            pick = chosen[0] if chosen[0][0] else chosen[-1]
-            return pick[2], pick[3]
-    return (found[0][2], found[0][3]) if found else (None, None)
+            out.append(_Psa(number(match.group(1)), labelled, rising, _evidence(note, match)))
+    return out
 
 
 def _post_treatment(note: Note, match: re.Match[str]) -> bool:
