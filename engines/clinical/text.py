@@ -53,11 +53,15 @@ _SENTENCE_END = re.compile(
     rf"(?<=[;!?])\s+(?=\S)|(?<=\.){_ABBREVIATION_END}\s+(?=[^\s,;:)])|\n\s*\n"
     r"|\n(?=\s*[-*\u2022])|\n(?=\s*[A-Za-z][\w /()&-]{0,30}:)"
 )
+# Text addressed to a model, not about the patient. Narrow on purpose: a false hit blanks a
+# real sentence ("Pathology report: Gleason 4+3" must stay; "you are a candidate" too).
 _INSTRUCTION = re.compile(
     r"\b(ignore|disregard|forget|override)\b[^.\n]{0,40}\b(instructions?|prompts?|rules|above)\b"
-    r"|\byou are (now )?(an?|in)\b|\b(system|assistant)\s*:|\bnew instructions?\b"
-    r"|\b(output|report|answer|respond|reply|print|return)\b[^.\n]{0,20}\b(json|laterality|"
-    r"stage|T0|gleason|psa)\b",
+    r"|\byou are now\b|\byou are an? (AI|assistant|language model|LLM|chatbot)\b|\bact as an?\b"
+    r"|^\W*(system|assistant)\s*:|\bnew instructions?\b|\bprompt injection\b"
+    r"|\b(please|now|instead|must|should)\s+(output|answer|respond|reply|print|return|say|write|"
+    r"report|set|mark|classify)\b"
+    r"|^\W*(output|respond|reply|print|return|say|write)\b",
     re.IGNORECASE,
 )
 NEGATION_BEFORE = re.compile(
