@@ -87,6 +87,13 @@ def test_stage_forms(text: str, stages: list[str]) -> None:
     assert [s.prefix + s.value for s in parse_stages(Note.from_text(text))] == stages
 
 
+def test_benign_findings_and_previous_discussions_do_not_hide_current_facts() -> None:
+    facts = extract(
+        "As previously discussed, she underwent left WLE. Sentinel nodes benign: pT1c pN0(sn)."
+    )
+    assert (facts.surgery, facts.T, facts.N, facts.laterality) == ("BCS", "T1c", "N0", "left")
+
+
 def test_mri_sequences_and_vertebrae_are_not_stages() -> None:
     note = Note.from_text("T2-weighted MRI shows a lesion. T1W post contrast. Uptake at T4 level.")
     assert parse_stages(note) == []

@@ -106,7 +106,7 @@ def _weigh(note: Note, side: str, match: re.Match[str], abbreviation: bool) -> _
     start, end = match.span()
     evidence = Evidence(note.original[start:end], start, end)
     after = note.after(end, 50)
-    if note.negated(start, end, words_before=3) or note.in_history(start):
+    if note.negated(start, end, words_before=3) or note.in_history(start, other_disease=True):
         return _Mention(side, 0, evidence)
     if _LABEL.search(note.before(start, 30)):
         return _Mention(side, 3, evidence)  # "Laterality: left", "Side: R"

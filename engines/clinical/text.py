@@ -79,10 +79,13 @@ HYPOTHETICAL = re.compile(
     r"declined|refused|prefer\w*|versus|vs\.?|or|if|whether|scheduled|awaiting|to undergo)\b",
     re.IGNORECASE,
 )
-HISTORY = re.compile(
-    r"\b(history|previous|previously|prior(?!\s+to\b)|past|remote|contralateral|prophylactic|"
-    r"risk[- ]reducing|benign)\b",
+HISTORY = re.compile(  # an earlier disease ("as previously discussed" is not one)
+    r"\b(history|previous(?:ly)?(?!\s+(?:discussed|mentioned|noted|described|documented))|"
+    r"prior(?!\s+to\b)|past|remote)\b",
     re.IGNORECASE,
+)
+OTHER_DISEASE = re.compile(  # about the other breast or a non-cancer finding (laterality only)
+    r"\b(contralateral|prophylactic|risk[- ]reducing|benign)\b", re.IGNORECASE
 )
 CURRENT = re.compile(r"\b(now|new|current|currently|presents?|this)\b", re.IGNORECASE)
 
@@ -142,10 +145,12 @@ class Note:
         before = " ".join(self.before(start).split()[-words_before:])
         return bool(HYPOTHETICAL.search(re.split(r"[,;]", before)[-1]))
 
-    def in_history(self, position: int) -> bool:
-        """The sentence is about past or other-side disease, not the current one."""
+    def in_history(self, position: int, other_disease: bool = False) -> bool:
+        """The sentence is about an earlier disease (with ``other_disease``, also about the
+        other breast or a benign finding), not the current one."""
         sentence = self.sentence_text(position)
-        return bool(HISTORY.search(sentence)) and not CURRENT.search(sentence)
+        cue = HISTORY.search(sentence) or (other_disease and OTHER_DISEASE.search(sentence))
+        return bool(cue) and not CURRENT.search(sentence)
 
 
 def _sentence_spans(text: str) -> list[tuple[int, int]]:
