@@ -83,9 +83,7 @@ def test_documents_give_facts_strategy_notes_and_an_sr(
 
 
 def test_prostate_sr_has_num_items(tmp_path: Path, ct_files: list[Path]) -> None:
-    doc = ClinicalDocument(
-        "PDF 1.2", "71 yo man, prostate cancer, PSA 8.1 ng/mL, Gleason 4+3, cT2a."
-    )
+    doc = ClinicalDocument("PDF Überweisung", "71 yo man, prostate, PSA 8.1 µg/L, Gleason 4+3.")
     ctx = _ctx(tmp_path, ct_files, [doc])
     ClinicalTextEngine().run(ctx)
     sr = pydicom.dcmread(ctx.outputs[0])
@@ -94,6 +92,8 @@ def test_prostate_sr_has_num_items(tmp_path: Path, ct_files: list[Path]) -> None
     psa = nums["psa"].MeasuredValueSequence[0]
     assert psa.NumericValue == "8.1"
     assert psa.MeasurementUnitsCodeSequence[0].CodeValue == "ng/mL"
+    assert sr.SpecificCharacterSet == "ISO_IR 192"
+    assert "PDF Überweisung" in sr.ContentSequence[5].ContentSequence[0].TextValue
 
 
 def test_without_ct_the_result_stands_and_no_sr_is_written(tmp_path: Path) -> None:

@@ -43,7 +43,8 @@ _PATIENT_STUDY_TYPE2 = (
     "AccessionNumber",
     "ReferringPhysicianName",
 )
-_OPTIONAL = ("SpecificCharacterSet", "StudyDescription")
+_OPTIONAL = ("StudyDescription",)
+UTF8 = "ISO_IR 192"  # notes, names and the summary may hold any character
 
 
 def make_clinical_sr(
@@ -79,6 +80,7 @@ def _header(ct: Dataset, now: datetime) -> Dataset:
             setattr(ds, keyword, ct[keyword].value)
     for keyword in _PATIENT_STUDY_TYPE2:
         setattr(ds, keyword, ct[keyword].value if keyword in ct else "")
+    ds.SpecificCharacterSet = UTF8
     ds.StudyInstanceUID = ct.StudyInstanceUID
     ds.SOPClassUID, ds.SOPInstanceUID = COMPREHENSIVE_SR_STORAGE, sop_uid
     ds.Modality = "SR"
