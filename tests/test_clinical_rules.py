@@ -16,7 +16,7 @@ from engines.clinical.text import Note
 NOTES = Path(__file__).parent / "data" / "clinical_notes"
 LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
-    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", "2", "3", "4", "5")))
+    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", "2", "3", "4", "5", "6")))
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
 
@@ -148,6 +148,10 @@ def test_age(text: str, age: int) -> None:
         ("Prostate: PSA 4.2 (2024) -> 6.8 ng/ml. Gleason 3 + 4 = 7.", 6.8, "3+4", None),
         ("Prostate: iPSA 42 ng/mL, later 12 on ADT. GS 4+5.", 42.0, "4+5", None),
         ("Prostate cancer. PSA (03/2025): 6.2 ng/mL. GS7 (4+3).", 6.2, "4+3", None),
+        ("Prostate: PSA 6.1, on repeat biopsy GG2 with PSA 7.9 ng/ml.", 7.9, None, 2),
+        ("Prostate: PSA 8.4 ng/mL (previously 6.1). Gleason 3+3.", 8.4, "3+3", None),
+        ("Prostate. s/p RALP 2022 (pT2). PSA 0.28 now, rising.", None, None, None),
+        ("Prostate. s/p RALP 2022. PSA pre-surgery 5.4; post-op 0.15 ng/mL.", 5.4, None, None),
         ("s/p prostatectomy. Pre-operative PSA 9.8. Post-op PSA nadir 0.03.", 9.8, None, None),
     ],
 )
@@ -164,6 +168,7 @@ def test_prostate_values(
         ("Prostate MRI: no seminal vesicle invasion.", False),
         ("Prostate cancer. SVI: negative.", False),
         ("Prostate: seminal vesicles free of tumour.", False),
+        ("Prostate cancer, SVI on MRI negative.", False),
         ("Prostate: left seminal vesicle invasion present.", True),
         ("Prostate: invasion of the seminal vesicles.", True),
         ("Prostatectomy: pT3b pN0.", True),

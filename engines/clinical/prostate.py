@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from engines.clinical.facts import Evidence, Stage
+from engines.clinical.surgery import find_surgery
 from engines.clinical.text import Note, number
 
 _NUM = r"(\d{1,4}(?:[.,]\d{1,3})?)"
@@ -15,13 +16,15 @@ _PSA_RISE = re.compile(
     r"(?:ng/ml|\u00b5g/l|ug/l)",
     re.IGNORECASE,
 )
+_PSA_OLDER = re.compile(r"\b(previously|prior|earlier|baseline|was|from)\b[^.;]*$", re.IGNORECASE)
 _DATE = re.compile(
     r"\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{4}[./-]\d{1,2}[./-]\d{1,2}\b"
     r"|\b\d{1,2}/(?:19|20)\d{2}\b"
     r"|\b(?:19|20)\d{2}\b"
 )
 _PSA_LABEL = re.compile(
-    r"\b(at diagnosis|diagnostic|presenting|at presentation|initial|iPSA|pre-?op\w*|"
+    r"\b(at\s+diagnosis|at\s+dx|diagnostic|presenting|at\s+presentation|initial|iPSA|pre-?op\w*|"
+    r"pre-?surg\w*|"
     r"pre-?treatment|pre-?biopsy)\b",
     re.IGNORECASE,
 )
@@ -78,36 +81,45 @@ class _Gleason:
 class _Psa:
     value: float  # ng/mL
     labelled: bool  # "at diagnosis", "pre-operative", "iPSA"...
-    rising: bool  # the end of a rise ("rising to 8.7", "4.2 -> 6.8")
+    older: bool  # "previously 6.1", "baseline 5"
     evidence: Evidence
 
 
 def find_psa(note: Note) -> tuple[float | None, Evidence | None]:
-    """The diagnostic PSA in ng/mL: the first one labelled as such, else the last of a rise,
-    else the first; post-treatment values (nadir, post-operative, recurrence) never count."""
-    found = sorted(_psa_values(note), key=lambda p: p.evidence.start)
+    """The diagnostic PSA in ng/mL: the first one labelled as such, else the most recent
+    pre-treatment one (the last written, unless marked as earlier); post-treatment values
+    (nadir, post-operative, recurrence, on ADT, or written after the prostatectomy without
+    a pre-operative label) never count."""
+    surgery, operated = find_surgery(note, "prostate")
+    after_surgery = operated.start if surgery and operated else len(note.text)
+    found = sorted(
+        (p for p in _psa_values(note) if p.labelled or p.evidence.start < after_surgery),
+        key=lambda p: p.evidence.start,
+    )
     labelled = [p for p in found if p.labelled]
-    rising = [p for p in found if p.rising]
-    pick = labelled[0] if labelled else rising[-1] if rising else found[0] if found else None
+    recent = [p for p in found if not p.older]
+    pick = labelled[0] if labelled else recent[-1] if recent else found[0] if found else None
     return (pick.value, pick.evidence) if pick else (None, None)
 
 
 def _psa_values(note: Note) -> list[_Psa]:
     dateless = _DATE.sub(lambda m: " " * len(m.group(0)), note.text)  # dates are not values
     out = []
-    for regex, rising in ((_PSA, False), (_PSA_RISE, True)):
+    for regex in (_PSA, _PSA_RISE):
         for match in regex.finditer(dateless):
             if _post_treatment(note, match):
                 continue
-            labelled = bool(_PSA_LABEL.search(note.before(match.end(1), 60)))
-            out.append(_Psa(number(match.group(1)), labelled, rising, _evidence(note, match)))
+            before = note.before(match.end(1), 60)
+            labelled = bool(_PSA_LABEL.search(before))
+            older = bool(_PSA_OLDER.search(note.before(match.start(1), 25)))
+            out.append(_Psa(number(match.group(1)), labelled, older, _evidence(note, match)))
     return out
 
 
 def _post_treatment(note: Note, match: re.Match[str]) -> bool:
     """A post-treatment cue before the value in its sentence, or after it in its clause."""
     after = re.split(r"[,;]", note.after(match.end(), 60))[0]
-    return bool(_POST_TREATMENT.search(note.before(match.start(), 200) + " " + after))
+    return bool(_POST_TREATMENT.search(note.before(match.end(1), 200) + " " + after))
 
 
 def _surgical(note: Note, position: int) -> bool:
@@ -155,7 +167,7 @@ def find_svi(note: Note, stages: list[Stage]) -> tuple[bool | None, Evidence | N
     "seminal vesicles free/normal"; None when the note says nothing."""
     negative: Evidence | None = None
     for match in _SVI.finditer(note.text):
-        if note.negated(match.start(), match.end()):
+        if note.negated(match.start(), match.end(), skip=2):
             negative = negative or _evidence(note, match)
         else:
             return True, _evidence(note, match)

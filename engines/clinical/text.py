@@ -131,14 +131,21 @@ class Note:
         _, end = self.sentence_of(position)
         return self.text[position : min(end, position + chars)]
 
-    def negated(self, start: int, end: int, words_before: int = 5, after: bool = True) -> bool:
+    def negated(
+        self, start: int, end: int, words_before: int = 5, after: bool = True, skip: int = 0
+    ) -> bool:
         """Whether a negation cue governs the match ``[start, end)`` (NegEx-style window:
-        a cue in the few words before it, or, unless ``after`` is false, right after it)."""
+        a cue in the few words before it, or, unless ``after`` is false, right after it,
+        possibly past ``skip`` plain words: "SVI on MRI negative" with ``skip=2``)."""
         before = " ".join(self.before(start).split()[-words_before:])
         before = re.split(r"[,:(]|\bbut\b|\bhowever\b", before)[-1]
         if NEGATION_BEFORE.search(before):
             return True
-        return after and bool(NEGATION_AFTER.search(self.after(end)))
+        following = self.after(end, 60)
+        skipped = re.match(rf"^\s*(?:[A-Za-z/-]+\s+){{0,{skip}}}", following) if skip else None
+        if skipped is not None and NEGATION_AFTER.search(following[skipped.end() - 1 :]):
+            return after
+        return after and bool(NEGATION_AFTER.search(following))
 
     def hypothetical(self, start: int, words_before: int = 6) -> bool:
         """Planned, offered or discussed rather than done."""
