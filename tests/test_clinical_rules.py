@@ -16,7 +16,7 @@ from engines.clinical.text import Note
 NOTES = Path(__file__).parent / "data" / "clinical_notes"
 LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
-    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", "2", "3", "4", "5", "6")))
+    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", "2", "3", "4", "5", "6", "7")))
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
 
@@ -50,6 +50,8 @@ def test_labelled_note(name: str) -> None:
         ("Dx 2025: L breast IDC, s/p L WLE 06/2025. s/p R mastectomy 2010 for DCIS.", "left"),
         ("Right breast IDC and left breast ILC, both diagnosed 2025, WLE each side.", "bilateral"),
         ("Rt. breast cancer, IDC, s/p BCS with SLNB (2023.05.12), pT1cN0M0, ER(+).", "right"),
+        ("Left breast: atypical hyperplasia. Right breast: invasive carcinoma, 2 cm.", "right"),
+        ("Right breast: no carcinoma. Left breast: invasive carcinoma, 2 cm.", "left"),
     ],
 )
 def test_laterality(text: str, side: str) -> None:
@@ -169,6 +171,7 @@ def test_prostate_values(
         ("Prostate cancer. SVI: negative.", False),
         ("Prostate: seminal vesicles free of tumour.", False),
         ("Prostate cancer, SVI on MRI negative.", False),
+        ("Prostate: SVI present, margins negative.", True),
         ("Prostate: left seminal vesicle invasion present.", True),
         ("Prostate: invasion of the seminal vesicles.", True),
         ("Prostatectomy: pT3b pN0.", True),
@@ -188,6 +191,8 @@ def test_svi(text: str, svi: bool | None) -> None:
         ("Right breast cancer, preoperative chemotherapy x6.", True),
         ("Right breast: ypT1a ypN0.", True),
         ("Left breast invasive carcinoma NST, WLE.", None),
+        ("Left breast cancer. Neoadjuvant therapy: none. WLE.", False),
+        ("Right breast. Neoadjuvant chemotherapy was recommended but she chose surgery.", False),
     ],
 )
 def test_neoadjuvant(text: str, neoadjuvant: bool | None) -> None:

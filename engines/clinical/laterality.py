@@ -27,7 +27,8 @@ _TUMOUR = (
     r"breast[- ]conserving|partial|sided|side|Mamma-Ca|carcinoma duttale"
 )
 _ORGAN = r"breast|br\b|brest|mamma\w*|brust|sein|seno|axill\w*|chest wall|CW\b|SCF|SLNB|nipple"
-_HEAD_TUMOUR = re.compile(rf"^[\s,:()-]{{0,3}}(\w+[\s-]){{0,3}}?({_TUMOUR})", re.IGNORECASE)
+_HEAD_TUMOUR = re.compile(rf"^[\s,:()-]{{0,3}}(\w+:?[\s-]+){{0,3}}?({_TUMOUR})", re.IGNORECASE)
+_HEAD_NEGATED = re.compile(r"\b(no|not|without|negative|benign|normal|free)\b", re.IGNORECASE)
 _HEAD_ORGAN = re.compile(rf"^[\s,:()-]{{0,3}}(\w+[\s-]){{0,2}}?({_ORGAN})", re.IGNORECASE)
 _TAIL_ORGAN = re.compile(rf"({_ORGAN}|{_TUMOUR})[\s,:-]{{0,3}}(\w+\s){{0,1}}$", re.IGNORECASE)
 _YEAR = re.compile(r"(?<!\d)((?:19|20)\d{2})(?!\d)")
@@ -116,7 +117,8 @@ def _weigh(note: Note, side: str, match: re.Match[str], abbreviation: bool) -> _
         if _ABBR_HEAD.match(after):
             return _Mention(side, 3, evidence)
         return _Mention(side, 2 if _ABBR_TAIL.search(note.before(start, 30)) else 0, evidence)
-    if _HEAD_TUMOUR.match(after):
+    head = _HEAD_TUMOUR.match(after)
+    if head and not _HEAD_NEGATED.search(head.group(0)):
         return _Mention(side, 3, evidence)
     if _HEAD_ORGAN.match(after) or _TAIL_ORGAN.search(note.before(start, 30)):
         return _Mention(side, 2, evidence)

@@ -59,6 +59,11 @@ _NOT_GIVEN = re.compile(
     r"vs\.?|versus|or)\b",
     re.IGNORECASE,
 )
+_NOT_GIVEN_AFTER = re.compile(
+    r"^[\s\w/-]{0,40}?\b(?:was|were|is)\s+(?:not\b|recommended|offered|discussed|considered|"
+    r"declined|refused|omitted|proposed)|^[\s\w/-]{0,30}?\bdeclined\b",
+    re.IGNORECASE,
+)
 CLINICAL_FIRST = ("c", "p", "yp", "yc")  # the stage at diagnosis; yp only when nothing else
 
 
@@ -164,14 +169,21 @@ def find_age(note: Note) -> tuple[int | None, Evidence | None]:
     return None, None
 
 
+def _not_given(note: Note, match: re.Match[str]) -> bool:
+    """Negated ("no neoadjuvant", "Neoadjuvant therapy: none"), or only offered, discussed
+    or declined, before ("declined neoadjuvant") or after it ("... was recommended but")."""
+    if note.negated(match.start(), match.end(), skip=1):
+        return True
+    before = " ".join(note.before(match.start()).split()[-4:])
+    return bool(_NOT_GIVEN.search(before) or _NOT_GIVEN_AFTER.match(note.after(match.end(), 60)))
+
+
 def find_neoadjuvant(note: Note, stages: list[Stage]) -> tuple[bool | None, Evidence | None]:
     """True on a neoadjuvant therapy mention (or yp staging), False when only negated."""
     negative = None
     for match in _NEOADJUVANT.finditer(note.text):
         evidence = Evidence(note.original[match.start() : match.end()], *match.span())
-        if note.negated(match.start(), match.end(), after=False) or _NOT_GIVEN.search(
-            " ".join(note.before(match.start()).split()[-4:])
-        ):
+        if _not_given(note, match):
             negative = negative or evidence
         elif not note.in_history(match.start()):
             return True, evidence

@@ -142,7 +142,7 @@ class Note:
         if NEGATION_BEFORE.search(before):
             return True
         following = self.after(end, 60)
-        skipped = re.match(rf"^\s*(?:[A-Za-z/-]+\s+){{0,{skip}}}", following) if skip else None
+        skipped = re.match(rf"^\s*(?:[A-Za-z/-]+:?\s+){{0,{skip}}}", following) if skip else None
         if skipped is not None and NEGATION_AFTER.search(following[skipped.end() - 1 :]):
             return after
         return after and bool(NEGATION_AFTER.search(following))
