@@ -16,6 +16,10 @@ _PSA_RISE = re.compile(
     r"(?:ng/ml|\u00b5g/l|ug/l)",
     re.IGNORECASE,
 )
+# Free PSA, PSA density, velocity or doubling time are not the PSA value.
+_NOT_TOTAL = re.compile(
+    r"\b(free|density|velocity|doubling|ratio|f/t|kinetics|PSAD|PSADT|PSAV)\b", re.IGNORECASE
+)
 _PSA_OLDER = re.compile(r"\b(previously|prior|earlier|baseline|was|from)\b[^.;]*$", re.IGNORECASE)
 _DATE = re.compile(
     r"\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{4}[./-]\d{1,2}[./-]\d{1,2}\b"
@@ -107,7 +111,9 @@ def _psa_values(note: Note) -> list[_Psa]:
     out = []
     for regex in (_PSA, _PSA_RISE):
         for match in regex.finditer(dateless):
-            if _post_treatment(note, match):
+            if _post_treatment(note, match) or _NOT_TOTAL.search(
+                note.text[max(0, match.start() - 12) : match.end(1)]
+            ):
                 continue
             before = note.before(match.end(1), 60)
             labelled = bool(_PSA_LABEL.search(before))
