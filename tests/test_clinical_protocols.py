@@ -62,6 +62,25 @@ def test_breast_strategy(
     assert strategy.rules["scl_guideline"] == rule
 
 
+@pytest.mark.parametrize(
+    ("note", "nodes", "guideline"),
+    [
+        ("Left breast cancer, WLE: 24 mm IDC, 3/14 nodes involved.", True, "ESTRO"),
+        ("Left breast cancer, mastectomy, 11 of 20 nodes involved.", True, "RTOG"),
+        ("Left breast cancer, WLE, sentinel nodes 0/3.", False, None),
+        ("Left breast cancer, WLE, pN0(sn); 1/2 nodes positive on review.", False, None),
+    ],
+)
+def test_node_count_decides_only_without_a_written_n_stage(
+    note: str, nodes: bool, guideline: str | None
+) -> None:
+    strategy = decide(extract(note), PROTOCOLS["breast"])
+    assert (strategy.values["regional_nodes"], strategy.values["scl_guideline"]) == (
+        nodes,
+        guideline,
+    )
+
+
 def test_breast_boost_is_data() -> None:
     young = decide(breast("BCS", "pT1c", "pN0", age=42), PROTOCOLS["breast"])
     assert young.rules["boost"] == "BR-BOOST-YOUNG"

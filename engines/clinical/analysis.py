@@ -48,6 +48,7 @@ class ClinicalAnalysis:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: reported(self.facts, name) for name in FACT_FIELDS}
         out["grade_group"] = self.facts.effective_grade_group()
+        out["nodes_positive"] = self.facts.nodes_positive
         out["disagreements"] = [d.to_json() for d in self.disagreements]
         out["strategy"] = self._strategy_json()
         values = self.strategy.values if self.strategy else {}

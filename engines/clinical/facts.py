@@ -94,6 +94,7 @@ class ClinicalFacts:
     gleason: str | None = None
     grade_group: int | None = None
     svi: bool | None = None  # None: not mentioned (reported as false)
+    nodes_positive: int | None = None  # involved nodes counted in the note ("3/14 nodes")
     stages: list[Stage] = field(default_factory=list)
     evidence: dict[str, Evidence] = field(default_factory=dict)
 

@@ -112,7 +112,7 @@ def _file_meta(sop_uid: UID) -> FileMetaDataset:
 
 
 def _fact_items(result: dict[str, Any]) -> list[Dataset]:
-    keys = ["site", "laterality", "T", "N", "M", "surgery", "neoadjuvant", "age"]
+    keys = ["site", "laterality", "T", "N", "M", "nodes_positive", "surgery", "neoadjuvant", "age"]
     if result.get("site") == "prostate":
         keys += ["psa", "gleason", "grade_group", "svi"]
     items = []

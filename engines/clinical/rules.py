@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from engines.clinical.facts import ClinicalFacts, Evidence, Stage
 from engines.clinical.laterality import find_laterality
+from engines.clinical.nodes import find_positive_nodes
 from engines.clinical.prostate import find_gleason, find_grade_group, find_psa, find_svi
 from engines.clinical.staging import metastases_absent, parse_stages
 from engines.clinical.surgery import find_surgery
@@ -79,6 +80,7 @@ def extract(text: str) -> ClinicalFacts:
     facts.surgery = _set(facts, "surgery", *find_surgery(note, facts.site))
     facts.neoadjuvant = _set(facts, "neoadjuvant", *find_neoadjuvant(note, facts.stages))
     facts.age = _set(facts, "age", *find_age(note))
+    facts.nodes_positive = _set(facts, "nodes_positive", *find_positive_nodes(note))
     if facts.site == "prostate":
         facts.psa = _set(facts, "psa", *find_psa(note))
         facts.gleason = _set(facts, "gleason", *find_gleason(note))

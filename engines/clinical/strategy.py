@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines.clinical.facts import ClinicalFacts, n_number
+from engines.clinical.nodes import n_from_count
 from engines.clinical.protocols import AtLeast, Condition, Protocol, Rule
 
 
@@ -27,12 +28,12 @@ class Case:
 
     @classmethod
     def from_facts(cls, facts: ClinicalFacts, protocol: Protocol) -> Case:
-        nodal = facts.stage_for("N", tuple(protocol.nodal_stage_sources))
+        n, n_stage = _nodal(facts, protocol)
         return cls(
             surgery=facts.surgery or "none",
             t=facts.T,
-            n=n_number(nodal.value) if nodal else None,
-            n_stage=(nodal.prefix + nodal.value) if nodal else None,
+            n=n,
+            n_stage=n_stage,
             age=facts.age,
             psa=facts.psa,
             grade_group=facts.effective_grade_group(),
@@ -40,6 +41,18 @@ class Case:
             svi=bool(facts.svi),
             neoadjuvant=bool(facts.neoadjuvant),
         )
+
+
+def _nodal(facts: ClinicalFacts, protocol: Protocol) -> tuple[int | None, str | None]:
+    """The N number nodal rules read: the protocol's preferred written N stage, else the
+    involved-node count the note gives."""
+    nodal = facts.stage_for("N", tuple(protocol.nodal_stage_sources))
+    if nodal is not None:
+        return n_number(nodal.value), nodal.prefix + nodal.value
+    if facts.nodes_positive is not None:
+        count = facts.nodes_positive
+        return n_from_count(count), f"{count} involved node(s) counted, no N stage written"
+    return None, None
 
 
 @dataclass(frozen=True)
