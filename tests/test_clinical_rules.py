@@ -16,7 +16,7 @@ from engines.clinical.text import Note
 NOTES = Path(__file__).parent / "data" / "clinical_notes"
 LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
-    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"2345678")))
+    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"23456789")))
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
 
@@ -96,6 +96,12 @@ def test_benign_findings_and_previous_discussions_do_not_hide_current_facts() ->
     assert (facts.surgery, facts.T, facts.N, facts.laterality) == ("BCS", "T1c", "N0", "left")
 
 
+def test_superseded_stage_is_not_read() -> None:
+    facts = extract("Right breast WLE. Size revised, therefore pT2 (previously reported pT1c).")
+    assert facts.T == "T2" and [s.value for s in facts.stages] == ["T2"]
+    assert extract("Right breast cancer. Her clinical stage was cT2 cN1.").T == "T2"
+
+
 def test_mri_sequences_and_vertebrae_are_not_stages() -> None:
     note = Note.from_text("T2-weighted MRI shows a lesion. T1W post contrast. Uptake at T4 level.")
     assert parse_stages(note) == []
@@ -133,6 +139,7 @@ def test_surgery(text: str, surgery: str | None) -> None:
         ("Patient, 70 Jahre, Prostata", 70),
         ("Patientin 55 J., Mammakarzinom", 55),
         ("Patient (61 years) with breast cancer", 61),
+        ("Prostate cancer, 66 yrs. PSA 6.5.", 66),
     ],
 )
 def test_age(text: str, age: int) -> None:

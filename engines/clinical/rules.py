@@ -47,7 +47,9 @@ _AGE = (
 _AGE_WEAK = (
     re.compile(r"(?<![\w/])(\d{2})\s?(?:F|M)\b(?![\w/])"),
     re.compile(r"(?<![\w/.])(\d{2})\s?y\b(?=\s*[,;)])"),
+    re.compile(r"(?<![\w/.])(\d{2})\s?(?:yrs?|years?)\b(?=\s*[.,;)])", re.IGNORECASE),
 )
+WEAK_AGE_MIN = 18  # a terse "10 years." is more likely a duration than an adult's age
 _NEOADJUVANT = re.compile(
     r"\b(neo-?adjuvant\w*|pre-?op\w*\s+(?:chemo\w*|systemic|therapy|treatment|endocrine)|"
     r"primary (?:systemic )?(?:therapy|treatment|chemotherapy)|NACT|post-?NACT)\b",
@@ -161,7 +163,7 @@ def find_age(note: Note) -> tuple[int | None, Evidence | None]:
             (match.start(), int(match.group(1)), match)
             for regex in patterns
             for match in regex.finditer(note.text)
-            if 0 < int(match.group(1)) <= 120
+            if (WEAK_AGE_MIN if patterns is _AGE_WEAK else 1) <= int(match.group(1)) <= 120
         ]
         if found:
             _, age, match = min(found, key=lambda f: f[0])

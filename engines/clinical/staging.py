@@ -36,6 +36,10 @@ _PATH_CONTEXT = re.compile(
 )
 _YP_CONTEXT = re.compile(r"\b(post-?NACT|after NACT|post-?neoadjuvant|ypTNM)\b", re.IGNORECASE)
 _CLINICAL_CONTEXT = re.compile(r"\b(clinical\w*|cTNM|DRE|staging|staged)\b", re.IGNORECASE)
+_SUPERSEDED = re.compile(
+    r"\b(previously|formerly|initially|originally)\s+(reported|staged|given)\s+(as\s+)?\W*$",
+    re.IGNORECASE,
+)
 _NO_METASTASES = re.compile(
     r"\b(no|negative for|free of|without)\s+(evidence of\s+)?(distant\s+)?"
     r"(metasta\w*|metastatic disease|distant disease|c?M1\b)"
@@ -65,6 +69,8 @@ def parse_stages(note: Note) -> list[Stage]:
                 continue
             if note.negated(match.start(), match.end(), words_before=2, after=False):
                 continue  # "no M1 disease", "no T3 features"
+            if _SUPERSEDED.search(note.before(match.start(), 40)):
+                continue  # "pT2 (previously reported pT1c)"
             if match.groupdict().get("tpre") == "C" and match.groupdict().get("n") is None:
                 continue  # "CT2" alone may be a CT scan; "CT2 CN1 M0" is a stage
             taken.append(match.span())

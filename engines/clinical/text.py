@@ -80,7 +80,7 @@ HYPOTHETICAL = re.compile(
     re.IGNORECASE,
 )
 HISTORY = re.compile(  # an earlier disease ("as previously discussed" is not one)
-    r"\b(history|previous(?:ly)?(?!\s+(?:discussed|mentioned|noted|described|documented))|"
+    r"\b(history|previous(?:ly)?(?!\s+(?:discussed|mentioned|noted|described|documented|reported))|"
     r"prior(?!\s+to\b)|past|remote)\b",
     re.IGNORECASE,
 )
