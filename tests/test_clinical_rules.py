@@ -52,6 +52,15 @@ def test_labelled_note(name: str) -> None:
         ("Rt. breast cancer, IDC, s/p BCS with SLNB (2023.05.12), pT1cN0M0, ER(+).", "right"),
         ("Left breast: atypical hyperplasia. Right breast: invasive carcinoma, 2 cm.", "right"),
         ("Right breast: no carcinoma. Left breast: invasive carcinoma, 2 cm.", "left"),
+        ("Mass in the L breast, palpable R axillary node (benign on FNA). IDC.", "left"),
+        ("Bilat. breast ca, both sides treated with WLE.", "bilateral"),
+        ("Breast cancer. Side | L", "left"),
+        ("Left-sided breast cancer; right-sided chest port inserted for chemotherapy.", "left"),
+        (
+            "Screening detected a cancer in her right breast. She had a left breast cancer in "
+            "2001 treated with lumpectomy and RT.",
+            "right",
+        ),
     ],
 )
 def test_laterality(text: str, side: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 
 from engines.clinical.facts import Evidence
 from engines.clinical.text import Note
@@ -24,7 +25,7 @@ _ABBREVIATIONS = {"left": "L|Lt|LT|lt|\\(L\\)|Lt\\.", "right": "R|Rt|rt|\\(R\\)|
 _TUMOUR = (
     r"carcinoma|cancer|ca\b|Ca\b|IDC|ILC|DCIS|tumou?r|mass|lesion|lump|primary|malignan\w*|"
     r"WLE|wide local|lumpectom\w*|mastectom\w*|quadrantectom\w*|excision|MRM|SSM|NSM|"
-    r"breast[- ]conserving|partial|sided|side|Mamma-Ca|carcinoma duttale"
+    r"breast[- ]conserving|partial|disease|Mamma-Ca|carcinoma duttale"
 )
 _ORGAN = r"breast|br\b|brest|mamma\w*|brust|sein|seno|axill\w*|chest wall|CW\b|SCF|SLNB|nipple"
 _HEAD_TUMOUR = re.compile(rf"^[\s,:()-]{{0,3}}(\w+:?[\s-]+){{0,3}}?({_TUMOUR})", re.IGNORECASE)
@@ -32,12 +33,13 @@ _HEAD_NEGATED = re.compile(r"\b(no|not|without|negative|benign|normal|free)\b", 
 _HEAD_ORGAN = re.compile(rf"^[\s,:()-]{{0,3}}(\w+[\s-]){{0,2}}?({_ORGAN})", re.IGNORECASE)
 _TAIL_ORGAN = re.compile(rf"({_ORGAN}|{_TUMOUR})[\s,:-]{{0,3}}(\w+\s){{0,1}}$", re.IGNORECASE)
 _YEAR = re.compile(r"(?<!\d)((?:19|20)\d{2})(?!\d)")
-OLD_YEARS = 3
-_LABEL = re.compile(r"\b(laterality|side|seite|lato|c\u00f4t\u00e9)\s*[:=-]\s*$", re.IGNORECASE)
+OLD_YEARS = 3  # before the note's latest year
+ANCIENT_YEARS = 10  # before this year: an earlier cancer even in an undated note
+_LABEL = re.compile(r"\b(laterality|side|seite|lato|c\u00f4t\u00e9)\s*[:=|-]\s*$", re.IGNORECASE)
 _ABBR_TAIL = re.compile(rf"\b({_ORGAN}|{_TUMOUR})[\s,:-]{{0,2}}$", re.IGNORECASE)
 _ABBR_HEAD = re.compile(rf"^\.?[\s-]{{0,2}}({_ORGAN}|{_TUMOUR})", re.IGNORECASE)
 _DISEASE = re.compile(
-    r"^[\s-]{0,2}(synchronous\s+|metachronous\s+)?(breast\s+)?(carcinomas?|cancers?|ca\b|"
+    r"^\.?[\s-]{0,2}(synchronous\s+|metachronous\s+)?(breast\s+)?(carcinomas?|cancers?|ca\b|"
     r"tumou?rs|disease|primar(y|ies)|IDC|ILC|DCIS|malignanc\w*)",
     re.IGNORECASE,
 )
@@ -59,7 +61,7 @@ def find_laterality(note: Note) -> tuple[str | None, Evidence | None]:
     bilateral = [m for m in mentions if m.side == "bilateral"]
     if bilateral:
         return "bilateral", bilateral[0].evidence
-    if _both_strong(mentions):
+    if _both_sides(mentions):
         recent = [m for m in mentions if not _dated_years_before(note, m.evidence.start)]
         mentions = recent if {m.side for m in recent} else mentions
     score = {side: sum(m.weight for m in mentions if m.side == side) for side in ("left", "right")}
@@ -73,18 +75,20 @@ def find_laterality(note: Note) -> tuple[str | None, Evidence | None]:
     return side, best.evidence
 
 
-def _both_strong(mentions: list[_Mention]) -> bool:
-    return {m.side for m in mentions if m.weight >= 3} == {"left", "right"}
+def _both_sides(mentions: list[_Mention]) -> bool:
+    return {m.side for m in mentions if m.weight >= 2} == {"left", "right"}
 
 
 def _dated_years_before(note: Note, position: int) -> bool:
     """The sentence names a year at least ``OLD_YEARS`` before the latest one in the note
-    ("s/p R mastectomy 2010" in a 2025 letter): an earlier cancer, when sides conflict."""
+    ("s/p R mastectomy 2010" in a 2025 letter), or ``ANCIENT_YEARS`` before this one: an
+    earlier cancer, when both sides are mentioned."""
     years = [int(y) for y in _YEAR.findall(note.text)]
     if not years:
         return False
     own = [int(y) for y in _YEAR.findall(note.sentence_text(position))]
-    return any(y <= max(years) - OLD_YEARS for y in own)
+    this_year = date.today().year
+    return any(y <= max(years) - OLD_YEARS or y <= this_year - ANCIENT_YEARS for y in own)
 
 
 def _first(mentions: list[_Mention], side: str) -> int:

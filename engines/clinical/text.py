@@ -47,6 +47,8 @@ _ABBREVIATION_END = "".join(
         r"\bNo\.",
         r"\bSt\.",
         r"\bPt\.",
+        r"Bilat\.",
+        r"approx\.",
     )
 )
 _SENTENCE_END = re.compile(
@@ -153,11 +155,20 @@ class Note:
         return bool(HYPOTHETICAL.search(re.split(r"[,;]", before)[-1]))
 
     def in_history(self, position: int, other_disease: bool = False) -> bool:
-        """The sentence is about an earlier disease (with ``other_disease``, also about the
-        other breast or a benign finding), not the current one."""
+        """The sentence is about an earlier disease (with ``other_disease``, the clause is
+        about the other breast or a benign finding), not the current one."""
         sentence = self.sentence_text(position)
-        cue = HISTORY.search(sentence) or (other_disease and OTHER_DISEASE.search(sentence))
+        cue = HISTORY.search(sentence) or (
+            other_disease and OTHER_DISEASE.search(self.clause(position))
+        )
         return bool(cue) and not CURRENT.search(sentence)
+
+    def clause(self, position: int) -> str:
+        """The part of the sentence between commas or semicolons around ``position``."""
+        start, end = self.sentence_of(position)
+        before = re.split(r"[,;]", self.text[start:position])[-1]
+        after = re.split(r"[,;]", self.text[position:end])[0]
+        return before + after
 
 
 def _sentence_spans(text: str) -> list[tuple[int, int]]:
