@@ -131,6 +131,11 @@ def test_unprefixed_stage_takes_the_sentence_context() -> None:
         ("History of left mastectomy 2001. Now right breast cancer, WLE.", "BCS"),
         ("Prostate cancer, s/p RALP, pT2c.", "prostatectomy"),
         ("Prostate cancer. TURP 2019 for BPH, PSA 6.", None),
+        ("Left breast IDC. Lumpectomy and re-excision, then mastectomy declined.", "BCS"),
+        ("Left breast IDC. Mastectomy was offered but she chose lumpectomy.", "BCS"),
+        ("Left breast IDC. WLE done 5/2025. Mastectomy not performed.", "BCS"),
+        ("Right breast cancer, s/p lumpectomy; completion mastectomy recommended.", "BCS"),
+        ("Left breast IDC, mastectomy performed 2025, reconstruction planned.", "mastectomy"),
     ],
 )
 def test_surgery(text: str, surgery: str | None) -> None:

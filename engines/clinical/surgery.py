@@ -35,6 +35,16 @@ PATTERNS: dict[str, re.Pattern[str]] = {
 _DONE_ALWAYS = re.compile(r"post-?mastectomy|PMRT", re.IGNORECASE)
 _RISK_REDUCING = re.compile(r"prophylactic|risk[- ]reducing", re.IGNORECASE)
 _THERAPEUTIC = re.compile(r"therapeutic", re.IGNORECASE)
+# After the operation's name: "mastectomy declined / not performed", "... was offered".
+_AFTER_NOT_DONE = re.compile(
+    r"^[\s\w()/-]{0,25}?\b(declined|refused|not\s+(?:performed|done|undertaken|carried out))\b",
+    re.IGNORECASE,
+)
+_AFTER_PLANNED = re.compile(
+    r"^[\s\w()/-]{0,25}?\b(recommended|offered|planned|proposed|considered|discussed|advised|"
+    r"scheduled|to follow|pending)\b",
+    re.IGNORECASE,
+)
 _PRECEDENCE = ("mastectomy", "BCS", "prostatectomy")
 
 
@@ -76,4 +86,7 @@ def _status(note: Note, match: re.Match[str]) -> str:
         return ""
     if note.in_history(start) or note.negated(start, end, words_before=4, after=False):
         return ""
-    return "planned" if note.hypothetical(start) else "done"
+    after = re.split(r"[,;.]|\bbut\b", note.after(end, 60))[0]
+    if _AFTER_NOT_DONE.match(after):
+        return ""
+    return "planned" if note.hypothetical(start) or _AFTER_PLANNED.match(after) else "done"

@@ -152,7 +152,7 @@ class Note:
     def hypothetical(self, start: int, words_before: int = 6) -> bool:
         """Planned, offered or discussed rather than done."""
         before = " ".join(self.before(start).split()[-words_before:])
-        return bool(HYPOTHETICAL.search(re.split(r"[,;]", before)[-1]))
+        return bool(HYPOTHETICAL.search(re.split(r"[,;]|\bbut\b", before)[-1]))
 
     def in_history(self, position: int, other_disease: bool = False) -> bool:
         """The sentence is about an earlier disease (with ``other_disease``, the clause is
