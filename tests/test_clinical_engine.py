@@ -8,7 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from engines.base import ClinicalDocument, EngineContext
+from engines.base import ClinicalDocument, EngineContext, EngineError
 from engines.clinical.engine import ClinicalTextEngine
 from engines.registry import create_engine
 from tests.factories import make_ct_series, write_series
@@ -117,3 +117,10 @@ def test_sr_passes_dciodvfy(tmp_path: Path, ct_files: list[Path]) -> None:
     report = (result.stdout + result.stderr).splitlines()
     errors = [line for line in report if line.startswith("Error")]
     assert errors == [], "\n".join(report)
+
+
+def test_an_explicit_model_that_cannot_start_fails_the_step(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, [], [ClinicalDocument("submit-text", NOTE)])
+    ctx.params["clinical_llm_model"] = str(tmp_path / "missing.gguf")
+    with pytest.raises(EngineError, match=r"missing\.gguf"):
+        ClinicalTextEngine().run(ctx)

@@ -122,23 +122,25 @@ class ClinicalTextEngine:
         logger.info("job %d: clinical strategy SR %s", ctx.job_id, path.name)
 
     def _runtime(self, settings: dict[str, Any]) -> tuple[LlamaRuntime | None, str]:
-        """The worker's model (loaded once), or None; a note when the default model is
-        missing. An explicitly configured model that cannot load is an error."""
+        """The worker's model (loaded once), or None with a note when the default model is
+        missing or cannot start. An explicitly configured model that cannot is an error."""
         spec = str(settings.get("clinical_llm_model") or BUNDLED)
         if spec.lower() == NONE:
             return None, ""
         model = resolve_model(spec) or ""
         try:
-            available(model)
-        except LLMUnavailable as exc:
+            return self._loaded(model, settings.get("clinical_llm_threads")), ""
+        except (LLMUnavailable, LLMError) as exc:
             if "clinical_llm_model" in settings:
-                raise EngineError(f"clinical_text: {exc}") from exc
+                raise EngineError(f"clinical_text: LLM {spec}: {exc}") from exc
             return None, f"default LLM unavailable ({exc}): deterministic only"
+
+    def _loaded(self, model: str, threads: Any) -> LlamaRuntime:
+        """The runtime for ``model``, loaded and timed once per worker process."""
+        available(model)
         if self._llm is None or str(self._llm.model_path) != model:
-            threads = settings.get("clinical_llm_threads")
-            self._llm = LlamaRuntime(model, n_threads=int(threads) if threads else None)
-            try:
-                probe(self._llm, load=True)  # load once per worker and learn its speed
-            except LLMError as exc:
-                raise EngineError(f"clinical_text: the LLM could not start: {exc}") from exc
-        return self._llm, ""
+            self._llm = None
+            runtime = LlamaRuntime(model, n_threads=int(threads) if threads else None)
+            probe(runtime, load=True)  # load now and learn this machine's speed
+            self._llm = runtime
+        return self._llm
