@@ -16,7 +16,7 @@ from engines.clinical.text import Note
 NOTES = Path(__file__).parent / "data" / "clinical_notes"
 LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
-    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"23456789")))
+    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"23456789", "10")))
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
 
@@ -136,6 +136,8 @@ def test_unprefixed_stage_takes_the_sentence_context() -> None:
         ("Left breast IDC. WLE done 5/2025. Mastectomy not performed.", "BCS"),
         ("Right breast cancer, s/p lumpectomy; completion mastectomy recommended.", "BCS"),
         ("Left breast IDC, mastectomy performed 2025, reconstruction planned.", "mastectomy"),
+        ("Prostate cancer cT3a, Gleason 4+3. Options: RALP vs RT + ADT.", None),
+        ("Left breast IDC. After MDT discussion she underwent left mastectomy.", "mastectomy"),
     ],
 )
 def test_surgery(text: str, surgery: str | None) -> None:
@@ -154,6 +156,7 @@ def test_surgery(text: str, surgery: str | None) -> None:
         ("Patientin 55 J., Mammakarzinom", 55),
         ("Patient (61 years) with breast cancer", 61),
         ("Prostate cancer, 66 yrs. PSA 6.5.", 66),
+        ("Adjuvant RT request. Female 53. Right breast IDC.", 53),
     ],
 )
 def test_age(text: str, age: int) -> None:
@@ -214,6 +217,7 @@ def test_svi(text: str, svi: bool | None) -> None:
         ("Right breast cancer, preoperative chemotherapy x6.", True),
         ("Right breast: ypT1a ypN0.", True),
         ("Left breast invasive carcinoma NST, WLE.", None),
+        ("Right breast. Neoadjuvant chemotherapy not tolerated (stopped after 1 cycle).", True),
         ("Left breast cancer. Neoadjuvant therapy: none. WLE.", False),
         ("Right breast. Neoadjuvant chemotherapy was recommended but she chose surgery.", False),
     ],

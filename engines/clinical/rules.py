@@ -29,6 +29,11 @@ _AGE = (
     re.compile(r"\b(\d{1,3})\s*-?\s*(?:yo|y/o|y\.o\.)(?=[FM]?\b|\s|,|$)", re.IGNORECASE),
     re.compile(r"\b(\d{1,3})\s+(?:years?|yrs?)\s+of\s+age\b", re.IGNORECASE),
     re.compile(r"(?<![\w/])[FM]\s*/\s*(\d{2,3})\b"),  # "F/52", "M/68"
+    re.compile(  # "Female 53.", "Gentleman, 59 years"
+        r"\b(?:female|male|woman|man|lady|gentleman)\s*,?\s*(\d{2,3})\b"
+        r"(?!\s*(?:mm|cm|%|ng|kg|y(?:ea)?rs?\s+ago))",
+        re.IGNORECASE,
+    ),
     re.compile(  # "Re: Mrs J Smith, 59." / "Mr. Y, 69."
         r"\b(?:Mr|Mrs|Ms|Miss)\.?\s+[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)?,\s*(\d{2,3})\b"
         r"(?!\s*(?:mm|cm|%|ng|y(?:ea)?rs?\s+ago))"

@@ -1,7 +1,8 @@
 """Surgery done for the current cancer: breast-conserving, mastectomy or prostatectomy.
 
-A mention counts as done unless negated, planned or discussed; mentions in history
-sentences or of risk-reducing surgery do not count. Among done operations a mastectomy
+A mention counts as done unless negated, planned, or only an option (offered, discussed,
+recommended, "RALP vs RT"); mentions in history sentences or of risk-reducing surgery do
+not count. Among done operations a mastectomy
 wins over breast conservation (a completion mastectomy follows a wide local excision).
 """
 
@@ -40,10 +41,13 @@ _AFTER_NOT_DONE = re.compile(
     r"^[\s\w()/-]{0,25}?\b(declined|refused|not\s+(?:performed|done|undertaken|carried out))\b",
     re.IGNORECASE,
 )
-_AFTER_PLANNED = re.compile(
-    r"^[\s\w()/-]{0,25}?\b(recommended|offered|planned|proposed|considered|discussed|advised|"
-    r"scheduled|to follow|pending)\b",
+_AFTER_OPTION = re.compile(
+    r"^[\s\w()/-]{0,25}?\b(recommended|offered|proposed|considered|discussed|advised|"
+    r"vs\.?|versus|or)\b",
     re.IGNORECASE,
+)
+_AFTER_PLANNED = re.compile(
+    r"^[\s\w()/-]{0,25}?\b(planned|scheduled|booked|to follow|pending)\b", re.IGNORECASE
 )
 _PRECEDENCE = ("mastectomy", "BCS", "prostatectomy")
 
@@ -87,6 +91,7 @@ def _status(note: Note, match: re.Match[str]) -> str:
     if note.in_history(start) or note.negated(start, end, words_before=4, after=False):
         return ""
     after = re.split(r"[,;.]|\bbut\b", note.after(end, 60))[0]
-    if _AFTER_NOT_DONE.match(after):
+    intention = note.intention(start)
+    if _AFTER_NOT_DONE.match(after) or _AFTER_OPTION.match(after) or intention == "option":
         return ""
-    return "planned" if note.hypothetical(start) or _AFTER_PLANNED.match(after) else "done"
+    return "planned" if intention == "planned" or _AFTER_PLANNED.match(after) else "done"

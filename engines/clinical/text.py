@@ -72,13 +72,22 @@ NEGATION_BEFORE = re.compile(
     re.IGNORECASE,
 )
 NEGATION_AFTER = re.compile(
-    r"^\W{0,3}(is |are |was |were )?(negative|neg\b|not\b|absent|uninvolved|free\b|clear\b|"
+    r"^\W{0,3}(is |are |was |were )?(negative|neg\b|not\b(?!\s+(?:tolerated|completed|finished))|"
+    r"absent|uninvolved|free\b|clear\b|"
     r"normal|unremarkable|benign|none\b|no\b|\(-\)|-ve\b|unauff\w*|negativ\w*)",
     re.IGNORECASE,
 )
-HYPOTHETICAL = re.compile(
-    r"\b(plan\w*|will|would|candidate|options?|discuss\w*|consider\w*|recommend\w*|offered|"
-    r"declined|refused|prefer\w*|versus|vs\.?|or|if|whether|scheduled|awaiting|to undergo)\b",
+PLANNED = re.compile(
+    r"\b(plan\w*|will|scheduled|booked|listed for|awaiting|to undergo)\b", re.IGNORECASE
+)
+DONE = re.compile(  # "after MDT discussion she underwent ...": what follows was done
+    r"\b(?:underwent|had|has had|performed|s/p|status post|proceeded to|received|completed|"
+    r"chose|opted for|elected)\b",
+    re.IGNORECASE,
+)
+OPTION = re.compile(  # offered or weighed, not decided
+    r"\b(would|candidate|options?|discuss\w*|consider\w*|recommend\w*|offered|declined|"
+    r"refused|prefer\w*|versus|vs\.?|or|if|whether|alternatives?)\b",
     re.IGNORECASE,
 )
 HISTORY = re.compile(  # an earlier disease ("as previously discussed" is not one)
@@ -149,10 +158,14 @@ class Note:
             return after
         return after and bool(NEGATION_AFTER.search(following))
 
-    def hypothetical(self, start: int, words_before: int = 6) -> bool:
-        """Planned, offered or discussed rather than done."""
+    def intention(self, start: int, words_before: int = 6) -> str:
+        """``option`` (offered, discussed, one of several), ``planned``, or "" (done), from
+        the words before ``start`` in its clause."""
         before = " ".join(self.before(start).split()[-words_before:])
-        return bool(HYPOTHETICAL.search(re.split(r"[,;]|\bbut\b", before)[-1]))
+        clause = DONE.split(re.split(r"[,;]|\bbut\b", before)[-1])[-1]
+        if OPTION.search(clause):
+            return "option"
+        return "planned" if PLANNED.search(clause) else ""
 
     def in_history(self, position: int, other_disease: bool = False) -> bool:
         """The sentence is about an earlier disease (with ``other_disease``, the clause is
