@@ -16,7 +16,7 @@ from engines.clinical.text import Note
 NOTES = Path(__file__).parent / "data" / "clinical_notes"
 LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
-    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"23456789", "10")))
+    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"23456789", "10", "11")))
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
 
@@ -157,6 +157,9 @@ def test_surgery(text: str, surgery: str | None) -> None:
         ("Patient (61 years) with breast cancer", 61),
         ("Prostate cancer, 66 yrs. PSA 6.5.", 66),
         ("Adjuvant RT request. Female 53. Right breast IDC.", 53),
+        ("Patient 58 female. Bilateral breast cancer.", 58),
+        ("Prostate, Gleason 4+5. Patient is 70.", 70),
+        ("Prostate, Gleason 4+5. He is 12 weeks post-op; aged 66.", 66),
     ],
 )
 def test_age(text: str, age: int) -> None:
@@ -178,6 +181,7 @@ def test_age(text: str, age: int) -> None:
         ("Prostate: PSA 8.4 ng/mL (previously 6.1). Gleason 3+3.", 8.4, "3+3", None),
         ("Prostate: PSA 8.2 ng/mL, free PSA 1.1 ng/mL, PSA density 0.21.", 8.2, None, None),
         ("Prostate: PSA 10.4 ng/mL (PSA velocity 2.9 ng/mL/yr).", 10.4, None, None),
+        ("Prostate. Post RALP (2024), pT3a. Pre-RALP PSA 15.2; now 0.2.", 15.2, None, None),
         ("Prostate. s/p RALP 2022 (pT2). PSA 0.28 now, rising.", None, None, None),
         ("Prostate. s/p RALP 2022. PSA pre-surgery 5.4; post-op 0.15 ng/mL.", 5.4, None, None),
         ("s/p prostatectomy. Pre-operative PSA 9.8. Post-op PSA nadir 0.03.", 9.8, None, None),
@@ -218,6 +222,7 @@ def test_svi(text: str, svi: bool | None) -> None:
         ("Right breast: ypT1a ypN0.", True),
         ("Left breast invasive carcinoma NST, WLE.", None),
         ("Right breast. Neoadjuvant chemotherapy not tolerated (stopped after 1 cycle).", True),
+        ("Right breast cancer, WLE. Neoadjuvant: n/a.", False),
         ("Left breast cancer. Neoadjuvant therapy: none. WLE.", False),
         ("Right breast. Neoadjuvant chemotherapy was recommended but she chose surgery.", False),
     ],

@@ -28,7 +28,7 @@ _DATE = re.compile(
 )
 _PSA_LABEL = re.compile(
     r"\b(at\s+diagnosis|at\s+dx|diagnostic|presenting|at\s+presentation|initial|iPSA|pre-?op\w*|"
-    r"pre-?surg\w*|"
+    r"pre-?surg\w*|pre-?(?:RALP|RARP|RRP|RP|prostatectomy)|"
     r"pre-?treatment|pre-?biopsy)\b",
     re.IGNORECASE,
 )

@@ -29,6 +29,12 @@ _AGE = (
     re.compile(r"\b(\d{1,3})\s*-?\s*(?:yo|y/o|y\.o\.)(?=[FM]?\b|\s|,|$)", re.IGNORECASE),
     re.compile(r"\b(\d{1,3})\s+(?:years?|yrs?)\s+of\s+age\b", re.IGNORECASE),
     re.compile(r"(?<![\w/])[FM]\s*/\s*(\d{2,3})\b"),  # "F/52", "M/68"
+    re.compile(  # "58 female", "Patient is 70."
+        r"\b(\d{2,3})\s*-?\s*(?:female|male|woman|man|lady|gentleman)\b"
+        r"|\b(?:patient|pt|she|he)\s+is\s+(\d{2,3})\b"
+        r"(?!\s*(?:mm|cm|%|ng|kg|weeks?|months?|days?|hours?|cycles?|fractions?|years?\s+(?:post|after|since|from)))",
+        re.IGNORECASE,
+    ),
     re.compile(  # "Female 53.", "Gentleman, 59 years"
         r"\b(?:female|male|woman|man|lady|gentleman)\s*,?\s*(\d{2,3})\b"
         r"(?!\s*(?:mm|cm|%|ng|kg|y(?:ea)?rs?\s+ago))",
@@ -160,15 +166,20 @@ def _age_in_words(note: Note) -> tuple[int, Evidence] | None:
     return age, Evidence(note.original[match.start() : match.end()], *match.span())
 
 
+def _first_number(match: re.Match[str]) -> int:
+    return int(next(g for g in match.groups() if g is not None))
+
+
 def find_age(note: Note) -> tuple[int | None, Evidence | None]:
     """The first age in years (1-120) written in one of the usual forms (the terse forms
     only when no usual one occurs)."""
     for patterns in (_AGE, _AGE_WEAK):
+        low = WEAK_AGE_MIN if patterns is _AGE_WEAK else 1
         found = [
-            (match.start(), int(match.group(1)), match)
+            (match.start(), age, match)
             for regex in patterns
             for match in regex.finditer(note.text)
-            if (WEAK_AGE_MIN if patterns is _AGE_WEAK else 1) <= int(match.group(1)) <= 120
+            if low <= (age := _first_number(match)) <= 120
         ]
         if found:
             _, age, match = min(found, key=lambda f: f[0])

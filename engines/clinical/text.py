@@ -74,7 +74,8 @@ NEGATION_BEFORE = re.compile(
 NEGATION_AFTER = re.compile(
     r"^\W{0,3}(is |are |was |were )?(negative|neg\b|not\b(?!\s+(?:tolerated|completed|finished))|"
     r"absent|uninvolved|free\b|clear\b|"
-    r"normal|unremarkable|benign|none\b|no\b|\(-\)|-ve\b|unauff\w*|negativ\w*)",
+    r"normal|unremarkable|benign|none\b|no\b|\(-\)|-ve\b|unauff\w*|negativ\w*|n/a\b|nil\b|"
+    r"not applicable)",
     re.IGNORECASE,
 )
 PLANNED = re.compile(
