@@ -78,7 +78,7 @@ def test_rules_value_is_kept_and_the_difference_reported() -> None:
 
 
 def test_llm_fills_a_gap_only_with_a_value_written_in_the_note() -> None:
-    note = "Right breast cancer treated with lumpectomy. Patient is 64. Stage T1c."
+    note = "Right breast cancer treated with lumpectomy. She turned 64 in May. Stage T1c."
     llm = FakeLLM({"site": "breast", "laterality": "right", "age": 64, "M": "M1"})
     result = analyse(note, llm).to_json()
     assert result["age"] == 64 and result["evidence"]["age"]["source"] == "llm"
