@@ -217,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="phantom cache, checkpoint, logs",
     )
     parser.add_argument("--phantoms", type=int, default=48, help="training phantoms (seeds 0..N-1)")
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3200)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
