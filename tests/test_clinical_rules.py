@@ -16,7 +16,7 @@ from engines.clinical.text import Note
 NOTES = Path(__file__).parent / "data" / "clinical_notes"
 LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
-    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"23456789", "10", "11")))
+    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"23456789", "10", "11", "12")))
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
 
@@ -136,6 +136,7 @@ def test_unprefixed_stage_takes_the_sentence_context() -> None:
         ("Left breast IDC. WLE done 5/2025. Mastectomy not performed.", "BCS"),
         ("Right breast cancer, s/p lumpectomy; completion mastectomy recommended.", "BCS"),
         ("Left breast IDC, mastectomy performed 2025, reconstruction planned.", "mastectomy"),
+        ("Carcinoma mammae links; Ablatio mammae links mit Axilladissektion.", "mastectomy"),
         ("Prostate cancer cT3a, Gleason 4+3. Options: RALP vs RT + ADT.", None),
         ("Left breast IDC. After MDT discussion she underwent left mastectomy.", "mastectomy"),
     ],
@@ -159,6 +160,7 @@ def test_surgery(text: str, surgery: str | None) -> None:
         ("Adjuvant RT request. Female 53. Right breast IDC.", 53),
         ("Patient 58 female. Bilateral breast cancer.", 58),
         ("Prostate, Gleason 4+5. Patient is 70.", 70),
+        ("Mrs S was born in 1961 and is now 64. Left breast cancer.", 64),
         ("Prostate, Gleason 4+5. He is 12 weeks post-op; aged 66.", 66),
     ],
 )
@@ -177,6 +179,8 @@ def test_age(text: str, age: int) -> None:
         ("Prostate: PSA 4.2 (2024) -> 6.8 ng/ml. Gleason 3 + 4 = 7.", 6.8, "3+4", None),
         ("Prostate: iPSA 42 ng/mL, later 12 on ADT. GS 4+5.", 42.0, "4+5", None),
         ("Prostate cancer. PSA (03/2025): 6.2 ng/mL. GS7 (4+3).", 6.2, "4+3", None),
+        ("Prostatakarzinom, Gleason-Score 4+3=7b (ISUP 3), iPSA 11,2 ng/ml.", 11.2, "4+3", 3),
+        ("PCa 68M iPSA 7.9 GS 3+4 GG2 cT1c N0M0 -> EBRT 60/20.", 7.9, "3+4", 2),
         ("Prostate: PSA 6.1, on repeat biopsy GG2 with PSA 7.9 ng/ml.", 7.9, None, 2),
         ("Prostate: PSA 8.4 ng/mL (previously 6.1). Gleason 3+3.", 8.4, "3+3", None),
         ("Prostate: PSA 8.2 ng/mL, free PSA 1.1 ng/mL, PSA density 0.21.", 8.2, None, None),

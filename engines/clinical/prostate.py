@@ -38,12 +38,12 @@ _POST_TREATMENT = re.compile(
     re.IGNORECASE,
 )
 _GLEASON_SUM_FIRST = re.compile(
-    r"\b(?:Gleason|GS)(?:\s+(?:score|sum|grade))?\s*[:=]?\s*(?:of\s+)?(\d{1,2})\s*"
+    r"\b(?:Gleason|GS)(?:[\s-]+(?:score|sum|grade))?\s*[:=]?\s*(?:of\s+)?(\d{1,2})\s*"
     r"\(\s*([1-5])\s*\+\s*([1-5])\s*\)",
     re.IGNORECASE,
 )
 _GLEASON = re.compile(
-    r"\b(?:Gleason|GS)(?:\s+(?:score|sum|grade|pattern))?\s*[:=]?\s*(?:of\s+)?"
+    r"\b(?:Gleason|GS)(?:[\s-]+(?:score|sum|grade|pattern))?\s*[:=]?\s*(?:of\s+)?"
     r"([1-5])\s*\+\s*([1-5])(?:\s*=\s*\d{1,2})?",
     re.IGNORECASE,
 )

@@ -20,7 +20,7 @@ _SITE_WORDS = {
         re.IGNORECASE,
     ),
     "prostate": re.compile(
-        r"\b(prostat\w*|PSA|Gleason|ISUP|seminal|RALP|RARP|RRP|Prostatakarzinom)\b",
+        r"\b(prostat\w*|i?PSA|Gleason|ISUP|seminal|RALP|RARP|RRP|PCa|CaP)\b",
         re.IGNORECASE,
     ),
 }
@@ -31,7 +31,7 @@ _AGE = (
     re.compile(r"(?<![\w/])[FM]\s*/\s*(\d{2,3})\b"),  # "F/52", "M/68"
     re.compile(  # "58 female", "Patient is 70."
         r"\b(\d{2,3})\s*-?\s*(?:female|male|woman|man|lady|gentleman)\b"
-        r"|\b(?:patient|pt|she|he)\s+is\s+(\d{2,3})\b"
+        r"|\b(?:patient|pt|she|he|and)\s+is\s+(?:now\s+)?(\d{2,3})\b"
         r"(?!\s*(?:mm|cm|%|ng|kg|weeks?|months?|days?|hours?|cycles?|fractions?|years?\s+(?:post|after|since|from)))",
         re.IGNORECASE,
     ),

@@ -15,7 +15,7 @@ from engines.clinical.text import Note
 
 PATTERNS: dict[str, re.Pattern[str]] = {
     "mastectomy": re.compile(
-        r"(?<!partial )(?<!segmental )\b(mastectom\w*|mastektom\w*|MRM|modified radical|SSM|NSM|"
+        r"(?<!partial )(?<!segmental )\b(mastectom\w*|mastektom\w*|ablatio|MRM|modified radical|SSM|NSM|"
         r"post-?mastectomy|PMRT)\b",
         re.IGNORECASE,
     ),
