@@ -16,7 +16,7 @@ from engines.clinical.text import Note
 NOTES = Path(__file__).parent / "data" / "clinical_notes"
 LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
-    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"23456789", "10", "11", "12")))
+    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"23456789", "10", "11", "12", "13")))
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
 
