@@ -16,7 +16,10 @@ from engines.clinical.text import Note
 NOTES = Path(__file__).parent / "data" / "clinical_notes"
 LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
-    for folder in (NOTES, *(NOTES / f"holdout{s}" for s in ("", *"23456789", "10", "11", "12", "13")))
+    for folder in (
+        NOTES,
+        *(NOTES / f"holdout{s}" for s in ("", *"23456789", "10", "11", "12", "13", "14")),
+    )
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
 
@@ -65,6 +68,12 @@ def test_labelled_note(name: str) -> None:
 )
 def test_laterality(text: str, side: str) -> None:
     assert extract(text).laterality == side
+
+
+def test_side_is_read_when_the_note_names_no_site() -> None:
+    facts = extract("| Side | Left |\n| Procedure | Wide local excision + SLNB |\n| pT | pT1c |")
+    assert (facts.site, facts.laterality, facts.surgery) == ("breast", "left", "BCS")
+    assert extract("Left-sided carcinoma, excised.").laterality == "left"
 
 
 def test_prostate_notes_have_no_laterality() -> None:
@@ -161,6 +170,8 @@ def test_surgery(text: str, surgery: str | None) -> None:
         ("Patient 58 female. Bilateral breast cancer.", 58),
         ("Prostate, Gleason 4+5. Patient is 70.", 70),
         ("Mrs S was born in 1961 and is now 64. Left breast cancer.", 64),
+        ("Prostate cancer MDT outcome: Mr Q (63). PSA 6.7.", 63),
+        ("| Age | 66 |\n| Side | Left |", 66),
         ("Prostate, Gleason 4+5. He is 12 weeks post-op; aged 66.", 66),
     ],
 )

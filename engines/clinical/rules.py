@@ -16,7 +16,7 @@ from engines.clinical.text import Note
 _SITE_WORDS = {
     "breast": re.compile(
         r"\b(breast|mamma\w*|brust\w*|seno|sein|mastectom\w*|lumpectom\w*|WLE|DCIS|IDC|ILC|"
-        r"HER2|axill\w*|quadrantectom\w*)\b",
+        r"HER2|axill\w*|quadrantectom\w*|wide local excision|SLNB|mammo\w*)\b",
         re.IGNORECASE,
     ),
     "prostate": re.compile(
@@ -41,11 +41,11 @@ _AGE = (
         re.IGNORECASE,
     ),
     re.compile(  # "Re: Mrs J Smith, 59." / "Mr. Y, 69."
-        r"\b(?:Mr|Mrs|Ms|Miss)\.?\s+[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)?,\s*(\d{2,3})\b"
+        r"\b(?:Mr|Mrs|Ms|Miss)\.?\s+[A-Z][\w'-]*(?:\s+[A-Z][\w'-]*)?(?:,\s*|\s*\()(\d{2,3})\b"
         r"(?!\s*(?:mm|cm|%|ng|y(?:ea)?rs?\s+ago))"
     ),
     re.compile(
-        r"\b(?:age|aged|alter)(?:\s+at\s+(?:diagnosis|presentation))?\s*[:=]?\s*(\d{1,3})\b",
+        r"\b(?:age|aged|alter)(?:\s+at\s+(?:diagnosis|presentation))?\s*[:=|]?\s*(\d{1,3})\b",
         re.IGNORECASE,
     ),
     re.compile(
@@ -88,7 +88,7 @@ def extract(text: str) -> ClinicalFacts:
     facts.site = _set(facts, "site", *find_site(note))
     facts.stages = parse_stages(note)
     _staging(facts, note)
-    if facts.site == "breast":
+    if facts.site != "prostate":  # a breast note, or one whose site is not named
         facts.laterality = _set(facts, "laterality", *find_laterality(note))
     facts.surgery = _set(facts, "surgery", *find_surgery(note, facts.site))
     facts.neoadjuvant = _set(facts, "neoadjuvant", *find_neoadjuvant(note, facts.stages))
