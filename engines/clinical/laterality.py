@@ -21,7 +21,10 @@ _WORDS = {
     "right": "right|rechts|rechte[nr]?|destr[ao]|droite?|derech[ao]",
     "bilateral": "bilateral|bilat|bilaterale|beidseitig|beidseits|bilat[ée]ral",
 }
-_ABBREVIATIONS = {"left": "L|Lt|LT|lt|\\(L\\)|Lt\\.", "right": "R|Rt|rt|\\(R\\)|Rt\\."}
+_ABBREVIATIONS = {
+    "left": "L|Lt|LT|lt|\\(L\\)|\\(Lt\\)|Lt\\.",
+    "right": "R|Rt|rt|\\(R\\)|\\(Rt\\)|Rt\\.",
+}
 _TUMOUR = (
     r"carcinoma|cancer|ca\b|Ca\b|IDC|ILC|DCIS|tumou?r|mass|lesion|lump|primary|malignan\w*|"
     r"WLE|wide local|lumpectom\w*|mastectom\w*|quadrantectom\w*|excision|MRM|SSM|NSM|"
@@ -36,7 +39,7 @@ _YEAR = re.compile(r"(?<!\d)((?:19|20)\d{2})(?!\d)")
 OLD_YEARS = 3  # before the note's latest year
 ANCIENT_YEARS = 10  # before this year: an earlier cancer even in an undated note
 _LABEL = re.compile(r"\b(laterality|side|seite|lato|c\u00f4t\u00e9)\s*[:=|-]\s*$", re.IGNORECASE)
-_ABBR_TAIL = re.compile(rf"\b({_ORGAN}|{_TUMOUR})[\s,:-]{{0,2}}$", re.IGNORECASE)
+_ABBR_TAIL = re.compile(rf"\b({_ORGAN}|{_TUMOUR})[\s,:-]{{0,3}}\(?$", re.IGNORECASE)
 _ABBR_HEAD = re.compile(rf"^\.?[\s-]{{0,2}}({_ORGAN}|{_TUMOUR})", re.IGNORECASE)
 _DISEASE = re.compile(
     r"^\.?[\s-]{0,2}(synchronous\s+|metachronous\s+)?(breast\s+)?(carcinomas?|cancers?|ca\b|"

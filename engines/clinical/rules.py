@@ -15,7 +15,7 @@ from engines.clinical.text import Note
 
 _SITE_WORDS = {
     "breast": re.compile(
-        r"\b(breast|mamma\w*|brust\w*|seno|sein|mastectom\w*|lumpectom\w*|WLE|DCIS|IDC|ILC|"
+        r"\b(breast|mamma\w*|mama|brust\w*|seno|sein|mastectom\w*|lumpectom\w*|WLE|DCIS|IDC|ILC|"
         r"HER2|axill\w*|quadrantectom\w*|wide local excision|SLNB|mammo\w*)\b",
         re.IGNORECASE,
     ),

@@ -22,7 +22,8 @@ PATTERNS: dict[str, re.Pattern[str]] = {
     "BCS": re.compile(
         r"\b(lumpectom\w*|wide local ex\w*|WLE|breast[- ]conserv\w*|BCS|BCT|"
         r"partial mastectom\w*|segmental mastectom\w*|quadrantectom\w*|tumou?rectom\w*|"
-        r"segmentectom\w*|brusterhalt\w*|quadrantectomia|re-?excision|therapeutic mammoplasty|"
+        r"segmentectom\w*|brusterhalt\w*|quadrantectomia|cuadrantectom\w*|re-?excision|"
+        r"therapeutic mammoplasty|"
         r"oncoplastic)\b"
         r"|\b(s/p|status post|post|after)\s+((L|R|Lt|Rt|left|right)\s+)?lump\b",
         re.IGNORECASE,

@@ -35,6 +35,8 @@ _ABBREVIATION_END = "".join(
     for a in (
         r"\bRt\.",
         r"\bLt\.",
+        r"\blt\.",
+        r"\brt\.",
         r"\bDr\.",
         r"\bMr\.",
         r"\bMs\.",
