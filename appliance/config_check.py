@@ -9,6 +9,14 @@ from appliance.config import load_config
 from appliance.yamlsource import ConfigError, ConfigProblem, load_yaml
 from engines.registry import engine_names
 from rules.matcher import load_rules
+from rules.schema import RuleSet
+
+_MODELS = Path(__file__).resolve().parents[1] / "config" / "models"
+# Pipeline steps that run a model card: (the job parameter naming it, the default card).
+MODEL_STEPS = {
+    "segment_onnx": ("segmentation_model", _MODELS / "thorax.yaml"),
+    "segment_ctv": ("ctv_model", _MODELS / "breast_ctv.yaml"),
+}
 
 
 def check_all(config_path: Path) -> list[ConfigProblem]:
@@ -35,11 +43,36 @@ def check_all(config_path: Path) -> list[ConfigProblem]:
     if rules_file is not None:
         try:
             engines = sorted({*engine_names(), *plugins})
-            load_rules(rules_file, engines=engines, destinations=dests)
+            ruleset = load_rules(rules_file, engines=engines, destinations=dests)
+            problems += check_model_cards(rules_file, ruleset)
         except ConfigError as exc:
             problems += exc.problems
     if template is not None:
         problems += _check_template(template)
+    return problems
+
+
+def check_model_cards(rules_file: Path, ruleset: RuleSet) -> list[ConfigProblem]:
+    """Every model card a rule runs: valid card, model file present, sha256 matching."""
+    from engines.segmentation.card import ModelCardError, load_card, verified_model_path
+
+    problems: list[ConfigProblem] = []
+    checked: set[Path] = set()
+    for index, rule in enumerate(ruleset.rules):
+        fallback = rule.clinical_text.without_text if rule.clinical_text else []
+        for step in dict.fromkeys([*rule.pipeline, *fallback]):
+            if step not in MODEL_STEPS:
+                continue
+            key, default = MODEL_STEPS[step]
+            card_path = Path(str(rule.params.get(key) or default))
+            if card_path in checked:
+                continue
+            checked.add(card_path)
+            try:
+                verified_model_path(load_card(card_path), card_path)
+            except ModelCardError as exc:
+                where = f"rules.{index}.params.{key}" if key in rule.params else f"rules.{index}"
+                problems.append(ConfigProblem(str(rules_file), 0, where, str(exc)))
     return problems
 
 

@@ -151,6 +151,7 @@ class Node:
                 **self.cfg.engines.as_params(),
             },
             extra_engines=dict(extra_engines or {}),
+            rule_params={r.name: dict(r.params) for r in self.ruleset.rules if r.params},
             warm_engines=tuple(sorted({step for r in self.ruleset.rules for step in _steps(r)})),
         )
 

@@ -13,7 +13,7 @@ import multiprocessing as mp
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -37,6 +37,7 @@ class PoolSettings:
     output_root: Path
     params: dict[str, Any]
     extra_engines: dict[str, str]
+    rule_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # over ``params``
     idle_poll_s: float = 1.0
     warm_engines: tuple[str, ...] = ()  # loaded in every worker at start
 
@@ -213,7 +214,7 @@ class WorkerPool:
             output_dir=str(
                 self._settings.output_root / f"job-{job.id}" / f"attempt-{job.attempts}"
             ),
-            params=self._settings.params,
+            params={**self._settings.params, **self._settings.rule_params.get(job.rule_name, {})},
             clinical_documents=self._job_documents(job),
         )
         ids: dict[str, Any] = {

@@ -9,7 +9,7 @@ from typing import Any
 
 from appliance.config import validate_document
 from appliance.yamlsource import ConfigError, ConfigProblem, load_yaml
-from rules.schema import Condition, Range, Rule, RuleSet
+from rules.schema import PATH_PARAMS, Condition, Range, Rule, RuleSet
 
 Attributes = Mapping[str, Any]
 
@@ -43,7 +43,21 @@ def load_rules(
                 problems.append(doc.problem(("rules", index, "destinations", slot), msg))
     if problems:
         raise ConfigError(problems)
-    return ruleset
+    base = path.resolve().parent
+    return ruleset.model_copy(
+        update={"rules": [_resolve_paths(rule, base) for rule in ruleset.rules]}
+    )
+
+
+def _resolve_paths(rule: Rule, base: Path) -> Rule:
+    """``rule`` with relative file parameters made absolute against ``base``."""
+    params = {
+        key: str(base / value)
+        if key in PATH_PARAMS and isinstance(value, str) and not Path(value).is_absolute()
+        else value
+        for key, value in rule.params.items()
+    }
+    return rule.model_copy(update={"params": params}) if params != rule.params else rule
 
 
 def matching_rules(ruleset: RuleSet, attrs: Attributes) -> list[Rule]:

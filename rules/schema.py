@@ -17,6 +17,8 @@ App SDK's series selection rules::
         clinical_text:                       # optional: the pipeline needs clinical text
           wait_seconds: 60                   # how long a completed series waits for it
           without_text: [classical_body_lungs, rtstruct_writer]   # if none came ([]: skip)
+        params:                              # optional: engine settings for this rule's jobs
+          segmentation_model: models/site_lung.yaml   # paths: relative to the rules file
 
 Keys are DICOM keywords (``pydicom.datadict``) or one of the node's own attributes:
 ``CallingAETitle``, ``CalledAETitle``, ``InstanceCount``. All keys of ``match`` must
@@ -90,6 +92,28 @@ class ClinicalTextNeed(BaseModel):
     without_text: list[str]
 
 
+ParamValue = str | int | float | bool | list[str]
+# Job parameters that name files: a relative path is taken from the rules file's folder.
+PATH_PARAMS = frozenset(
+    {
+        "segmentation_model",
+        "ctv_model",
+        "clinical_protocols",
+        "tg263_overrides",
+        "tg263_vocabulary",
+        "tg263_worksheet",
+        "structure_template",
+    }
+)
+
+
+def _check_params(params: dict[str, ParamValue]) -> dict[str, ParamValue]:
+    for key in params:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", key):
+            raise ValueError(f"parameter name {key!r} must be lower_snake_case")
+    return params
+
+
 class Rule(BaseModel):
     """One routing rule: conditions, the pipeline to run and where results go."""
 
@@ -103,8 +127,11 @@ class Rule(BaseModel):
     pipeline: Annotated[list[str], Field(min_length=1)]
     destinations: list[str] = Field(default_factory=list)
     clinical_text: ClinicalTextNeed | None = None
+    # Engine settings for this rule's jobs, over the node config's ``engines:`` (ctx.params).
+    params: dict[str, ParamValue] = Field(default_factory=dict)
 
     _match = field_validator("match", "exclude")(_check_conditions)
+    _params = field_validator("params")(_check_params)
 
 
 class RuleSet(BaseModel):

@@ -27,6 +27,19 @@ class CopyInputs:
         ctx.outputs.append(target)
 
 
+class RecordParams:
+    """Writes the job's ``ctx.params`` as JSON (rule parameters over the node's)."""
+
+    name = "record_params"
+    inputs = ()
+    outputs = ("files",)
+
+    def run(self, ctx: EngineContext) -> None:
+        target = ctx.output_dir / "params.json"
+        target.write_text(json.dumps(ctx.params, sort_keys=True, default=str))
+        ctx.outputs.append(target)
+
+
 class Crash:
     """Dies like native code does: SIGSEGV."""
 

@@ -23,6 +23,7 @@ TEST_ENGINES = {
     "slow": "tests.engines_for_tests:Slow",
     "record_clinical": "tests.engines_for_tests:RecordClinical",
     "record_no_text": "tests.engines_for_tests:RecordNoText",
+    "record_params": "tests.engines_for_tests:RecordParams",
 }
 
 

@@ -62,3 +62,26 @@ def test_audit_verify_fails_on_tampering(tmp_path: Path) -> None:
     out = _run("audit", "--config", cfg, "--verify")
     assert out.returncode == 1
     assert "row 1" in out.stderr
+
+
+def test_check_config_checks_the_model_cards_rules_name(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    card = (REPO / "config" / "models" / "thorax.yaml").read_text()
+    (models / "site.yaml").write_text(card)  # the card without its model file next to it
+    rules = [
+        {
+            "name": "site",
+            "match": {"Modality": "^CT$"},
+            "pipeline": ["segment_onnx", "rtstruct_writer"],
+            "destinations": ["tps"],
+            "params": {"segmentation_model": "models/site.yaml"},
+        }
+    ]
+    out = _run("check-config", "--config", str(write_config(tmp_path, rules=rules)))
+    assert out.returncode == 1, out.stdout
+    assert "rules.0.params.segmentation_model" in out.stderr
+    assert f"model file {models / 'thorax.onnx'} does not exist" in out.stderr
+    (models / "thorax.onnx").write_bytes(b"not the model")
+    out = _run("check-config", "--config", str(write_config(tmp_path, rules=rules)))
+    assert out.returncode == 1 and "sha256 mismatch for thorax.onnx" in out.stderr

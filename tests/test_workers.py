@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +27,15 @@ def node(tmp_path: Path) -> Iterator[Node]:
     n.stop()
 
 
-def _job(node: Node, pipeline: list[str], tmp_path: Path) -> int:
+def _job(
+    node: Node, pipeline: list[str], tmp_path: Path, rule: str = "r", series: str = "1.2.3.4"
+) -> int:
     src = tmp_path / "in.dcm"
     src.write_bytes(b"placeholder input")
-    rec = InstanceRecord("1.2.3.4.5", CT_CLASS, "1.2.3", "1.2.3.4", "P9", "", str(src), 17, "TPS")
+    rec = InstanceRecord(f"{series}.5", CT_CLASS, "1.2.3", series, "P9", "", str(src), 17, "TPS")
     node.store.add_instance(rec, node.clock.now())
-    attrs = {"SeriesInstanceUID": "1.2.3.4", "StudyInstanceUID": "1.2.3", "PatientID": "P9"}
-    return node.store.create_job(attrs, "r", pipeline, ["tps"], 2, node.clock.now())
+    attrs = {"SeriesInstanceUID": series, "StudyInstanceUID": "1.2.3", "PatientID": "P9"}
+    return node.store.create_job(attrs, rule, pipeline, ["tps"], 2, node.clock.now())
 
 
 def _run_pending(node: Node) -> None:
@@ -122,3 +125,33 @@ def test_pipeline_runner_hands_the_joined_documents_to_the_engines(tmp_path: Pat
     docs = [ClinicalDocument("SR 1.2.3", "cT2 N0", "2026-01-01T12:00:00Z")]
     result = runner.run(JobRequest(7, ["spy"], [], str(tmp_path), clinical_documents=docs))
     assert result.ok and seen == docs
+
+
+def test_rule_params_reach_the_engines_over_the_node_settings(tmp_path: Path) -> None:
+    rules = [
+        {
+            "name": "site-model",
+            "match": {"Modality": "^CT$"},
+            "pipeline": ["record_params"],
+            "destinations": ["tps"],
+            "params": {"segmentation_model": "models/site.yaml", "segmentation_threads": 1},
+        }
+    ]
+    config = write_config(tmp_path, rules=rules, engines={"segmentation_threads": 2})
+    n = make_node(config, FakeClock())
+    n.start(listen=False, background=False)
+    try:
+        job_id = _job(n, ["record_params"], tmp_path, rule="site-model")
+        other = _job(n, ["record_params"], tmp_path, rule="another-rule", series="1.2.3.5")
+        _run_pending(n)
+        seen = {}
+        for jid in (job_id, other):
+            job = n.store.get_job(jid)
+            assert job is not None and job.state == "done", job
+            seen[jid] = json.loads(Path(job.outputs[0]).read_text())
+    finally:
+        n.stop()
+    assert seen[job_id]["segmentation_threads"] == 1  # the rule wins over the node config
+    assert seen[job_id]["segmentation_model"] == str(tmp_path / "models" / "site.yaml")
+    assert seen[other]["segmentation_threads"] == 2
+    assert "segmentation_model" not in seen[other]
