@@ -11,7 +11,8 @@ Usage (from the repository root)::
    directory so the node never sees duplicates. The time is storescu's wall time
    (association, transfer, release).
 2. End to end: a ``--e2e-slices`` CT is pushed to the node with the shipped config and
-   rules (classical engine + RTSTRUCT writer, destination a storescp TPS); the latency is
+   the shipped organ rule's pipeline (classical External + the shipped thorax model +
+   RTSTRUCT writer, destination a storescp TPS; no clinical text); the latency is
    from storescu's exit (association released) to the RTSTRUCT file at the TPS. The first
    run after start is cold (the worker process is spawned and loads its engines on the
    first job); the later runs are warm. Stage times come from the node's audit rows.
@@ -61,6 +62,15 @@ NO_MATCH_RULES = [
         "description": "matches nothing: the ingest benchmark measures receiving only",
         "match": {"Modality": "^NO-SUCH-MODALITY$"},
         "pipeline": ["classical_body_lungs", "rtstruct_writer"],
+        "destinations": ["tps"],
+    }
+]
+E2E_RULES = [
+    {
+        "name": "ct-organs",
+        "description": "the shipped organ rule's pipeline, without the clinical-text rule",
+        "match": {"Modality": "^CT$"},
+        "pipeline": ["classical_body_lungs", "segment_onnx", "rtstruct_writer"],
         "destinations": ["tps"],
     }
 ]
@@ -173,7 +183,7 @@ def _size(files: list[Path]) -> int:
 
 def end_to_end(work: Path, n_slices: int, runs: int) -> list[Latency]:
     tps = StoreSCP(free_port(), work / "tps", work / "tps.log").start()
-    cfg = node_config(work, name="e2e.yaml", fast_timers=False)
+    cfg = node_config(work, rules=E2E_RULES, name="e2e.yaml", fast_timers=False)
     quiet_s = float(_yaml(cfg)["completion"]["quiet_seconds"])
     node = RtNode(cfg, work / "var-e2e", free_port(), tps.port, work / "node-e2e.log")
     node.start()

@@ -236,6 +236,29 @@ class StoreSCP:
 # --------------------------------------------------------------------------- the node
 
 
+SHIPPED: list[dict[str, Any]] = []  # make_node(rules=SHIPPED): config/rules.yaml unchanged
+
+
+def foundation_rules() -> list[dict[str, Any]]:
+    """The shipped rules, with every CT rule replaced by the classical one.
+
+    The foundation's tests (delivery, restarts, malformed input, retention, peers) need a
+    CT to come back as one quick RTSTRUCT (External, Lung_L, Lung_R); the shipped CT rules
+    also run the segmentation model and wait for clinical text, which
+    ``test_shipped_rules.py`` covers.
+    """
+    shipped = yaml.safe_load((REPO / "config" / "rules.yaml").read_text())["rules"]
+    ct_rules = [r for r in shipped if r.get("match", {}).get("Modality") == "^CT$"]
+    classical = {
+        "name": "ct-body-lungs",
+        "match": ct_rules[0]["match"] if ct_rules else {"Modality": "^CT$"},
+        "exclude": ct_rules[0].get("exclude", {}) if ct_rules else {},
+        "pipeline": ["classical_body_lungs", "rtstruct_writer"],
+        "destinations": ["tps"],
+    }
+    return [classical, *(r for r in shipped if r not in ct_rules)]
+
+
 def node_config(
     tmp_dir: Path,
     *,
@@ -418,7 +441,9 @@ def make_tps(tmp_path: Path) -> Iterator[Callable[..., StoreSCP]]:
 def make_node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., RtNode]]:
     """Factory: ``make_node(tps_port, overrides=None, rules=None, start=True)`` -> RtNode.
 
-    Each node has its own config and data dir under tmp_path. ``port`` (default: a free
+    ``rules=None`` means :func:`foundation_rules` (the shipped rules with the classical CT
+    pipeline); ``rules=SHIPPED`` the shipped rules file as it is. Each node has its own
+    config and data dir under tmp_path. ``port`` (default: a free
     one), ``tps_ae``, ``allow_callers`` and ``prefix`` go to :class:`RtNode`. At teardown
     every node is stopped; if the test failed, the node logs are printed.
     """
@@ -436,7 +461,10 @@ def make_node(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callab
         prefix: Sequence[str] = (),
     ) -> RtNode:
         index = len(nodes)
-        cfg = node_config(tmp_path, overrides=overrides, rules=rules, name=f"rtnode{index}.yaml")
+        if rules is None:
+            rules = foundation_rules()
+        chosen = None if rules is SHIPPED else rules
+        cfg = node_config(tmp_path, overrides=overrides, rules=chosen, name=f"rtnode{index}.yaml")
         node = RtNode(
             cfg,
             tmp_path / f"var{index}",
