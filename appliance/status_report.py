@@ -132,8 +132,8 @@ def format_status(report: dict[str, Any]) -> str:
     for name, d in report["destinations"].items():
         counts = {k: v for k, v in d.items() if k != "address"}
         lines.append(f"  {name:<12} {d['address']:<32} {_counts(counts)}")
-    lines.append("last errors:")
-    for e in report["last_errors"] or [{"ts": "", "event": "none", "job_id": None, "detail": ""}]:
+    lines.append("last errors:" + ("" if report["last_errors"] else "  none"))
+    for e in report["last_errors"]:
         lines.append(f"  {e['ts']} {e['event']} job={e['job_id'] or '-'} {e['detail']}")
     return "\n".join(lines)
 
