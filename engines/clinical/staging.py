@@ -41,7 +41,8 @@ _SUPERSEDED = re.compile(
     re.IGNORECASE,
 )
 _NO_METASTASES = re.compile(
-    r"\b(no|negative for|free of|without)\s+(evidence of\s+)?(distant\s+)?"
+    r"\b(no|negative for|free of|without)\s+(evidence of\s+)?(?:(?:nodal|nodes?)\s+(?:or|and)\s+)?"
+    r"(distant\s+)?"
     r"(metasta\w*|metastatic disease|distant disease|c?M1\b)"
     r"|\bstaging\s+(?:scans?|CT|PET(?:[/-]CT)?|work-?up|investigations?)?\s*(?:were|was|is|are)?"
     r"\s*(?:neg\b|negative|clear|unremarkable)",
