@@ -18,7 +18,7 @@ LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
     for folder in (
         NOTES,
-        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 16)))),
+        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 17)))),
     )
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
@@ -122,6 +122,15 @@ def test_benign_findings_and_previous_discussions_do_not_hide_current_facts() ->
     assert (facts.surgery, facts.T, facts.N, facts.laterality) == ("BCS", "T1c", "N0", "left")
 
 
+def test_an_earlier_treatment_of_this_disease_is_not_history() -> None:
+    facts = extract(
+        "Left breast mastectomy: ypT0/is ypN0. Prior neoadjuvant chemotherapy for cT2 cN0."
+    )
+    assert (facts.T, facts.N) == ("T2", "N0")
+    assert extract("Hx: 59F, L br IDC, s/p L lump, pT1cN0(sn)M0.").T == "T1c"
+    assert extract("History of right breast cancer 2009, mastectomy. Now left cT2.").T == "T2"
+
+
 def test_superseded_stage_is_not_read() -> None:
     facts = extract("Right breast WLE. Size revised, therefore pT2 (previously reported pT1c).")
     assert facts.T == "T2" and [s.value for s in facts.stages] == ["T2"]
@@ -148,6 +157,7 @@ def test_unprefixed_stage_takes_the_sentence_context() -> None:
         ("History of left mastectomy 2001. Now right breast cancer, WLE.", "BCS"),
         ("Prostate cancer, s/p RALP, pT2c.", "prostatectomy"),
         ("Prostate cancer. TURP 2019 for BPH, PSA 6.", None),
+        ("Prostate. Salvage: RP (2019) pT3a pN0, GS 4+3.", "prostatectomy"),
         ("Left breast IDC. Lumpectomy and re-excision, then mastectomy declined.", "BCS"),
         ("Left breast IDC. Mastectomy was offered but she chose lumpectomy.", "BCS"),
         ("Left breast IDC. WLE done 5/2025. Mastectomy not performed.", "BCS"),

@@ -30,7 +30,7 @@ PATTERNS: dict[str, re.Pattern[str]] = {
     ),
     "prostatectomy": re.compile(
         r"(?<!transurethral )(?<!simple )\b(prostatectom\w*|prostatektom\w*|RALP|RARP|RRP|LRP)\b"
-        r"|\b(?:s/p|status post|after|post|underwent|following)\s+(?:an?\s+)?RP\b",
+        r"|\bRP\b(?!\s*(?:nodes?|lymph|LN))",  # prostate notes only: radical prostatectomy
         re.IGNORECASE,
     ),
 }

@@ -93,9 +93,13 @@ OPTION = re.compile(  # offered or weighed, not decided
     r"refused|prefer\w*|versus|vs\.?|or|if|whether|alternatives?)\b",
     re.IGNORECASE,
 )
-HISTORY = re.compile(  # an earlier disease ("as previously discussed" is not one)
-    r"\b(history|previous(?:ly)?(?!\s+(?:discussed|mentioned|noted|described|documented|reported))|"
-    r"prior(?!\s+to\b)|past|remote)\b",
+# An earlier disease: "history of", "hx", "previous/prior breast cancer"; not "as previously
+# discussed", "prior to RT" or "prior neoadjuvant chemotherapy" (this disease, earlier).
+HISTORY = re.compile(
+    r"\b(history(?!\s+of\s+present)|hx\s+of|h/o|past|remote|"
+    r"(?:previous(?:ly)?|prior)(?=\s+(?:[\w-]+\s+){0,2}"
+    r"(?:cancer|carcinoma|ca\b|DCIS|malignan\w*|diagnos\w*|history|breast|primary|tumou?r|"
+    r"treated|treatment\s+for)))",
     re.IGNORECASE,
 )
 OTHER_DISEASE = re.compile(  # about the other breast or a non-cancer finding (laterality only)
