@@ -18,7 +18,7 @@ LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
     for folder in (
         NOTES,
-        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 19)))),
+        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 20)))),
     )
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
@@ -164,6 +164,7 @@ def test_unprefixed_stage_takes_the_sentence_context() -> None:
         ("Right breast cancer, s/p lumpectomy; completion mastectomy recommended.", "BCS"),
         ("Left breast IDC, mastectomy performed 2025, reconstruction planned.", "mastectomy"),
         ("Carcinoma mammae links; Ablatio mammae links mit Axilladissektion.", "mastectomy"),
+        ("Mammakarzinom rechts. Primär operiert: BET rechts + SLNB: pT2 pN0.", "BCS"),
         ("Prostate cancer cT3a, Gleason 4+3. Options: RALP vs RT + ADT.", None),
         ("Left breast IDC. After MDT discussion she underwent left mastectomy.", "mastectomy"),
     ],

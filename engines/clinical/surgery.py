@@ -23,7 +23,7 @@ PATTERNS: dict[str, re.Pattern[str]] = {
         r"\b(lumpectom\w*|wide local ex\w*|WLE|breast[- ]conserv\w*|BCS|BCT|"
         r"partial mastectom\w*|segmental mastectom\w*|quadrantectom\w*|tumou?rectom\w*|"
         r"segmentectom\w*|brusterhalt\w*|quadrantectomia|cuadrantectom\w*|re-?excision|"
-        r"therapeutic mammoplasty|"
+        r"therapeutic mammoplasty|BET|"
         r"oncoplastic)\b"
         r"|\b(s/p|status post|post|after)\s+((L|R|Lt|Rt|left|right)\s+)?lump\b",
         re.IGNORECASE,
