@@ -8,6 +8,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from appliance.pipeline import JobRequest, PipelineRunner
 from engines.base import ClinicalDocument, EngineContext, EngineError
 from engines.clinical.engine import ClinicalTextEngine
 from engines.registry import create_engine
@@ -124,3 +125,19 @@ def test_an_explicit_model_that_cannot_start_fails_the_step(tmp_path: Path) -> N
     ctx.params["clinical_llm_model"] = str(tmp_path / "missing.gguf")
     with pytest.raises(EngineError, match=r"missing\.gguf"):
         ClinicalTextEngine().run(ctx)
+
+
+def test_through_the_worker_pipeline(tmp_path: Path, ct_files: list[Path]) -> None:
+    request = JobRequest(
+        job_id=3,
+        pipeline=["clinical_text"],
+        input_files=[str(p) for p in ct_files],
+        output_dir=str(tmp_path / "job"),
+        params={"clinical_llm_model": "none"},
+        clinical_documents=[ClinicalDocument("SR 1.2.3", NOTE, "2026-11-01T10:00:00Z")],
+    )
+    result = PipelineRunner().run(request)
+    assert result.ok, result.error
+    [sr] = result.outputs
+    assert pydicom.dcmread(sr).Modality == "SR"
+    assert any("BR-SCL-RTOG" in n for n in result.notes)
