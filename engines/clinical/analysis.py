@@ -88,23 +88,12 @@ def analyse(
     """Facts (rules, then LLM where the rules found nothing), strategy and summary of ``text``.
 
     ``llm`` is a :class:`engines.llm.LlamaRuntime` or :class:`engines.llm.LLMWorker` (or
-    None: deterministic only); ``protocols_dir`` holds ``breast.yaml``/``prostate.yaml``.
+    None: deterministic only); ``protocols_dir`` holds ``breast.yaml``/``prostate.yaml``;
+    ``time_budget_s`` bounds the LLM steps (the deterministic path never waits for them).
     """
     started = time.monotonic()
     notes: list[str] = []
-    rules_facts = extract(text)
-    facts = rules_facts
-    disagreements: list[Disagreement] = []
-    filled: list[str] = []
-    llm_used = False
-    if llm is None:
-        notes.append("LLM not used (no model configured): deterministic extraction only")
-    else:
-        budget = time_budget_s * FACTS_SHARE - (time.monotonic() - started)
-        reply = _ask_facts(llm, text, rules_facts, budget, notes)
-        if reply is not None:
-            llm_used = True
-            facts, disagreements, filled = reconcile(rules_facts, reply, Note.from_text(text))
+    facts, disagreements, filled, llm_used = _facts(text, llm, time_budget_s * FACTS_SHARE, notes)
     strategy = _strategy(facts, protocols_dir, notes)
     template = summary.template_summary(facts, strategy)
     narrative, source = template, "template"
@@ -112,17 +101,25 @@ def analyse(
         left = time_budget_s - (time.monotonic() - started)
         narrative, source = _narrative(llm, template, left, notes, disagreements)
     _note_masked(text, notes)
+    seconds = time.monotonic() - started
     return ClinicalAnalysis(
-        facts,
-        disagreements,
-        strategy,
-        narrative,
-        source,
-        notes,
-        llm_used,
-        filled,
-        time.monotonic() - started,
+        facts, disagreements, strategy, narrative, source, notes, llm_used, filled, seconds
     )
+
+
+def _facts(
+    text: str, llm: JsonGenerator | None, budget_s: float, notes: list[str]
+) -> tuple[ClinicalFacts, list[Disagreement], list[str], bool]:
+    """Rules facts, reconciled with the LLM's when it answers in ``budget_s``."""
+    rules_facts = extract(text)
+    if llm is None:
+        notes.append("LLM not used (no model configured): deterministic extraction only")
+        return rules_facts, [], [], False
+    reply = _ask_facts(llm, text, rules_facts, budget_s, notes)
+    if reply is None:
+        return rules_facts, [], [], False
+    facts, disagreements, filled = reconcile(rules_facts, reply, Note.from_text(text))
+    return facts, disagreements, filled, True
 
 
 def facts_request_for(text: str) -> tuple[str, int]:
