@@ -122,6 +122,31 @@ def test_benign_findings_and_previous_discussions_do_not_hide_current_facts() ->
     assert (facts.surgery, facts.T, facts.N, facts.laterality) == ("BCS", "T1c", "N0", "left")
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "58-year-old woman with a family history of breast cancer, diagnosed with left "
+            "breast IDC cT2 cN0, s/p left WLE.",
+            ("left", "T2", 58, "BCS"),
+        ),
+        (
+            "Family history: mother diagnosed with right breast cancer at age 45. Patient is a "
+            "62-year-old with left breast IDC, pT1c pN0, WLE.",
+            ("left", "T1c", 62, "BCS"),
+        ),
+        (
+            "Her sister had a right mastectomy at 50. She is 61 and has left breast IDC pT1c, "
+            "lumpectomy done.",
+            ("left", "T1c", 61, "BCS"),
+        ),
+    ],
+)
+def test_family_history_is_not_the_patient(text: str, expected: tuple[object, ...]) -> None:
+    facts = extract(text)
+    assert (facts.laterality, facts.T, facts.age, facts.surgery) == expected
+
+
 def test_an_earlier_treatment_of_this_disease_is_not_history() -> None:
     facts = extract(
         "Left breast mastectomy: ypT0/is ypN0. Prior neoadjuvant chemotherapy for cT2 cN0."

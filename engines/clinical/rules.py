@@ -180,6 +180,7 @@ def find_age(note: Note) -> tuple[int | None, Evidence | None]:
             for regex in patterns
             for match in regex.finditer(note.text)
             if low <= (age := _first_number(match)) <= 120
+            and not note.about_relative(match.start())
         ]
         if found:
             _, age, match = min(found, key=lambda f: f[0])

@@ -96,10 +96,15 @@ OPTION = re.compile(  # offered or weighed, not decided
 # An earlier disease: "history of", "hx", "previous/prior breast cancer"; not "as previously
 # discussed", "prior to RT" or "prior neoadjuvant chemotherapy" (this disease, earlier).
 HISTORY = re.compile(
-    r"\b(history(?!\s+of\s+present)|hx\s+of|h/o|past|remote|"
+    r"\b((?<!family )(?<!social )history(?!\s+of\s+present)|hx\s+of|h/o|past|remote|"
     r"(?:previous(?:ly)?|prior)(?=\s+(?:[\w-]+\s+){0,2}"
     r"(?:cancer|carcinoma|ca\b|DCIS|malignan\w*|diagnos\w*|history|breast|primary|tumou?r|"
     r"treated|treatment\s+for)))",
+    re.IGNORECASE,
+)
+RELATIVE = re.compile(
+    r"\b(mother|father|sister|brother|daughter|son|aunt|uncle|grandmother|grandfather|cousin|"
+    r"niece|nephew|maternal|paternal|Mutter|Schwester)\b",
     re.IGNORECASE,
 )
 OTHER_DISEASE = re.compile(  # about the other breast or a non-cancer finding (laterality only)
@@ -181,7 +186,16 @@ class Note:
         cue = HISTORY.search(sentence) or (
             other_disease and OTHER_DISEASE.search(self.clause(position))
         )
+        if self.about_relative(position):
+            return True
         return bool(cue) and not CURRENT.search(sentence)
+
+    def about_relative(self, position: int) -> bool:
+        """A relative is named before ``position`` in its clause ("mother had left breast
+        cancer at 45"): what follows is family history, not the patient."""
+        start, _ = self.sentence_of(position)
+        before = re.split(r"[,;]", self.text[start:position])[-1]
+        return bool(RELATIVE.search(before))
 
     def clause(self, position: int) -> str:
         """The part of the sentence between commas or semicolons around ``position``."""
