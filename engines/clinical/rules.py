@@ -11,7 +11,7 @@ from engines.clinical.nodes import find_positive_nodes
 from engines.clinical.prostate import find_gleason, find_grade_group, find_psa, find_svi
 from engines.clinical.staging import metastases_absent, parse_stages
 from engines.clinical.surgery import find_surgery
-from engines.clinical.text import Note
+from engines.clinical.text import RELATIVE, Note
 
 _SITE_WORDS = {
     "breast": re.compile(
@@ -166,6 +166,12 @@ def _age_in_words(note: Note) -> tuple[int, Evidence] | None:
     return age, Evidence(note.original[match.start() : match.end()], *match.span())
 
 
+def _relative_age(note: Note, match: re.Match[str]) -> bool:
+    """ "mother ... at age 45", "a 10-year-old daughter": a relative's age."""
+    following = note.after(match.end(), 20)
+    return note.about_relative(match.start()) or bool(RELATIVE.match(following.lstrip()))
+
+
 def _first_number(match: re.Match[str]) -> int:
     return int(next(g for g in match.groups() if g is not None))
 
@@ -179,8 +185,7 @@ def find_age(note: Note) -> tuple[int | None, Evidence | None]:
             (match.start(), age, match)
             for regex in patterns
             for match in regex.finditer(note.text)
-            if low <= (age := _first_number(match)) <= 120
-            and not note.about_relative(match.start())
+            if low <= (age := _first_number(match)) <= 120 and not _relative_age(note, match)
         ]
         if found:
             _, age, match = min(found, key=lambda f: f[0])

@@ -104,7 +104,8 @@ HISTORY = re.compile(
 )
 RELATIVE = re.compile(
     r"\b(mother|father|sister|brother|daughter|son|aunt|uncle|grandmother|grandfather|cousin|"
-    r"niece|nephew|maternal|paternal|Mutter|Schwester)\b",
+    r"niece|nephew|maternal|paternal|husband|wife|partner|spouse|Mutter|Schwester)\b"
+    r"(?!\s+of\b)",  # "mother of two" is the patient
     re.IGNORECASE,
 )
 OTHER_DISEASE = re.compile(  # about the other breast or a non-cancer finding (laterality only)
