@@ -51,6 +51,11 @@ def test_labelled_note(name: str) -> None:
         ("Breast cancer L, cN+, pT2 pN1a.", "left"),
         ("64 yoF with R breast ca, s/p lumpectomy.", "right"),
         ("Mother of two with left breast cancer, s/p WLE.", "left"),
+        (
+            "Right breast cancer, WLE. Left breast mammogram BI-RADS 1. Left breast US normal "
+            "appearance. Left breast MRI BI-RADS 2. Left axilla clinically clear.",
+            "right",
+        ),
         ("Mammakarzinom der rechten Brust, BET.", "right"),
         ("Cancer du sein droit, tumorectomie.", "right"),
         ("Carcinoma de mama izquierda, cuadrantectomia.", "left"),

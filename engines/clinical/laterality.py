@@ -67,8 +67,10 @@ def find_laterality(note: Note) -> tuple[str | None, Evidence | None]:
     if _both_sides(mentions):
         recent = [m for m in mentions if not _dated_years_before(note, m.evidence.start)]
         mentions = recent if {m.side for m in recent} else mentions
-    score = {side: sum(m.weight for m in mentions if m.side == side) for side in ("left", "right")}
     strong = {m.side for m in mentions if m.weight >= 3}
+    if len(strong) == 1:  # only one side has a tumour or operation: many weak mentions of
+        mentions = [m for m in mentions if m.side in strong]  # the other do not outvote it
+    score = {side: sum(m.weight for m in mentions if m.side == side) for side in ("left", "right")}
     low, high = sorted(score.values())
     if strong == {"left", "right"} and low * 2 >= high:
         best = max(mentions, key=lambda m: m.weight)
