@@ -52,6 +52,12 @@ def test_labelled_note(name: str) -> None:
         ("64 yoF with R breast ca, s/p lumpectomy.", "right"),
         ("Mother of two with left breast cancer, s/p WLE.", "left"),
         (
+            "Right breast cancer, WLE. Right breast cancer is ER+. Left breast mass, biopsy benign.",
+            "right",
+        ),
+        ("Right breast cancer. Left breast lesion on MRI, biopsy pending.", "right"),
+        ("L breast IDC and R breast IDC, bilateral WLE.", "bilateral"),
+        (
             "Right breast cancer, WLE. Left breast mammogram BI-RADS 1. Left breast US normal "
             "appearance. Left breast MRI BI-RADS 2. Left axilla clinically clear.",
             "right",

@@ -32,6 +32,13 @@ _TUMOUR = (
 )
 _ORGAN = r"breast|br\b|brest|mamma\w*|brust|sein|seno|axill\w*|chest wall|CW\b|SCF|SLNB|nipple"
 _HEAD_TUMOUR = re.compile(rf"^[\s,:()-]{{0,3}}(\w+:?[\s-]+){{0,3}}?({_TUMOUR})", re.IGNORECASE)
+MALIGNANT = 4  # weight of a side that qualifies a cancer or its operation
+_MALIGNANT = re.compile(
+    r"carcinoma|cancer|ca|IDC|ILC|DCIS|primary|malignan\w*|WLE|wide local|lumpectom\w*|"
+    r"mastectom\w*|quadrantectom\w*|excision|MRM|SSM|NSM|breast[- ]conserving|Mamma-Ca|"
+    r"carcinoma duttale",
+    re.IGNORECASE,
+)
 _HEAD_NEGATED = re.compile(r"\b(no|not|without|negative|benign|normal|free)\b", re.IGNORECASE)
 _HEAD_ORGAN = re.compile(rf"^[\s,:()-]{{0,3}}(\w+[\s-]){{0,2}}?({_ORGAN})", re.IGNORECASE)
 _TAIL_ORGAN = re.compile(rf"({_ORGAN}|{_TUMOUR})[\s,:-]{{0,3}}(\w+\s){{0,1}}$", re.IGNORECASE)
@@ -72,7 +79,8 @@ def find_laterality(note: Note) -> tuple[str | None, Evidence | None]:
         mentions = [m for m in mentions if m.side in strong]  # the other do not outvote it
     score = {side: sum(m.weight for m in mentions if m.side == side) for side in ("left", "right")}
     low, high = sorted(score.values())
-    if strong == {"left", "right"} and low * 2 >= high:
+    cancers = {m.side for m in mentions if m.weight >= MALIGNANT}
+    if cancers == {"left", "right"} and low * 2 >= high:
         best = max(mentions, key=lambda m: m.weight)
         return "bilateral", best.evidence
     side = max(score, key=lambda s: (score[s], -_first(mentions, s)))
@@ -112,6 +120,14 @@ def _mentions(note: Note) -> list[_Mention]:
     return out
 
 
+def _tumour_weight(after: str) -> int:
+    """4 when the side qualifies a cancer or its operation, 3 for a mass or lesion, else 0."""
+    head = _HEAD_TUMOUR.match(after)
+    if head is None or _HEAD_NEGATED.search(head.group(0)):
+        return 0
+    return MALIGNANT if _MALIGNANT.fullmatch(head.group(2)) else 3
+
+
 def _weigh(note: Note, side: str, match: re.Match[str], abbreviation: bool) -> _Mention:
     start, end = match.span()
     evidence = Evidence(note.original[start:end], start, end)
@@ -119,16 +135,16 @@ def _weigh(note: Note, side: str, match: re.Match[str], abbreviation: bool) -> _
     if note.negated(start, end, words_before=3) or note.in_history(start, other_disease=True):
         return _Mention(side, 0, evidence)
     if _LABEL.search(note.before(start, 30)):
-        return _Mention(side, 3, evidence)  # "Laterality: left", "Side: R"
+        return _Mention(side, MALIGNANT, evidence)  # "Laterality: left", "Side: R"
     if side == "bilateral":
-        return _Mention(side, 3 if _DISEASE.match(after) else 0, evidence)
+        return _Mention(side, MALIGNANT if _DISEASE.match(after) else 0, evidence)
     if abbreviation:
         if _ABBR_HEAD.match(after):
-            return _Mention(side, 3, evidence)
+            return _Mention(side, max(3, _tumour_weight(after)), evidence)
         return _Mention(side, 2 if _ABBR_TAIL.search(note.before(start, 30)) else 0, evidence)
-    head = _HEAD_TUMOUR.match(after)
-    if head and not _HEAD_NEGATED.search(head.group(0)):
-        return _Mention(side, 3, evidence)
+    weight = _tumour_weight(after)
+    if weight:
+        return _Mention(side, weight, evidence)
     if _HEAD_ORGAN.match(after) or _TAIL_ORGAN.search(note.before(start, 30)):
         return _Mention(side, 2, evidence)
     return _Mention(side, 1 if _BREAST_CONTEXT.search(note.sentence_text(start)) else 0, evidence)
