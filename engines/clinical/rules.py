@@ -78,7 +78,8 @@ _NOT_GIVEN_AFTER = re.compile(
     r"declined|refused|omitted|proposed)|^[\s\w/-]{0,30}?\bdeclined\b",
     re.IGNORECASE,
 )
-CLINICAL_FIRST = ("c", "p", "yp", "yc")  # the stage at diagnosis; yp only when nothing else
+# The stage at diagnosis: clinical, else pathological, yp only when nothing else, recurrence last.
+CLINICAL_FIRST = ("c", "p", "yp", "yc", "rc", "rp", "r")
 
 
 def extract(text: str) -> ClinicalFacts:
