@@ -18,7 +18,7 @@ LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
     for folder in (
         NOTES,
-        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 23)))),
+        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 24)))),
     )
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
@@ -201,6 +201,12 @@ def test_unprefixed_stage_takes_the_sentence_context() -> None:
         ("Right breast cancer, s/p lumpectomy; completion mastectomy recommended.", "BCS"),
         ("Left breast IDC, mastectomy performed 2025, reconstruction planned.", "mastectomy"),
         ("Carcinoma mammae links; Ablatio mammae links mit Axilladissektion.", "mastectomy"),
+        (
+            "Right breast cancer. Right nipple-sparing mastectomy and left risk-reducing "
+            "mastectomy 10/2025: right pT1c pN0(sn), left benign.",
+            "mastectomy",
+        ),
+        ("Right breast DCIS treated by WLE. Left mastectomy (risk-reducing) 2020.", "BCS"),
         ("Mammakarzinom rechts. Primär operiert: BET rechts + SLNB: pT2 pN0.", "BCS"),
         ("Prostate cancer cT3a, Gleason 4+3. Options: RALP vs RT + ADT.", None),
         ("Left breast IDC. After MDT discussion she underwent left mastectomy.", "mastectomy"),

@@ -81,13 +81,21 @@ def _kinds(site: str | None) -> tuple[str, ...]:
     return _PRECEDENCE
 
 
+def _risk_reducing(note: Note, start: int, end: int) -> bool:
+    """'left prophylactic mastectomy', 'mastectomy (risk-reducing)': not for the cancer
+    (unless the same words also say 'therapeutic', as in 'right therapeutic, left RRM')."""
+    before = re.split(r"[,;]|\band\b", note.text[max(0, start - 30) : start])[-1]
+    bracket = re.match(r"^\s*\([^)]{0,60}\)", note.text[end : end + 70])
+    words = before + (bracket.group(0) if bracket else "")
+    return bool(_RISK_REDUCING.search(words)) and not _THERAPEUTIC.search(words)
+
+
 def _status(note: Note, match: re.Match[str]) -> str:
     """``done``, ``planned`` or "" (does not count)."""
     start, end = match.span()
     if _DONE_ALWAYS.fullmatch(match.group(0)):
         return "done"
-    window = note.text[max(0, start - 30) : min(len(note.text), end + 40)]
-    if _RISK_REDUCING.search(window) and not _THERAPEUTIC.search(window):
+    if _risk_reducing(note, start, end):
         return ""
     if note.in_history(start) or note.negated(start, end, words_before=4, after=False):
         return ""
