@@ -18,7 +18,7 @@ LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
     for folder in (
         NOTES,
-        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 26)))),
+        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 27)))),
     )
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
@@ -235,6 +235,8 @@ def test_surgery(text: str, surgery: str | None) -> None:
         ("Mother of a 10-year-old daughter; she is a 41-year-old with left breast IDC.", 41),
         ("A 10-year-old son at home. Patient: 44 years of age, right breast cancer.", 44),
         ("Prostate cancer MDT outcome: Mr Q (63). PSA 6.7.", 63),
+        ("Prostate. Patient 78. PSA 7.7.", 78),
+        ("Date of diagnosis: 15/03/2025   Age at referral: 68. Right breast.", 68),
         ("| Age | 66 |\n| Side | Left |", 66),
         ("Prostate, Gleason 4+5. He is 12 weeks post-op; aged 66.", 66),
     ],
@@ -260,6 +262,12 @@ def test_age(text: str, age: int) -> None:
         ("Prostate: PSA 8.4 ng/mL (previously 6.1). Gleason 3+3.", 8.4, "3+3", None),
         ("Prostate: PSA 8.2 ng/mL, free PSA 1.1 ng/mL, PSA density 0.21.", 8.2, None, None),
         ("Prostate: PSA 10.4 ng/mL (PSA velocity 2.9 ng/mL/yr).", 10.4, None, None),
+        (
+            "Prostate. PSA 7.7 (1/2025), 8.3 (4/2025), 9.0 (7/2025). Gleason 3+4=7.",
+            9.0,
+            "3+4",
+            None,
+        ),
         ("Prostate. Post RALP (2024), pT3a. Pre-RALP PSA 15.2; now 0.2.", 15.2, None, None),
         ("Prostate. s/p RALP 2022 (pT2). PSA 0.28 now, rising.", None, None, None),
         ("Prostate. s/p RALP 2022. PSA pre-surgery 5.4; post-op 0.15 ng/mL.", 5.4, None, None),

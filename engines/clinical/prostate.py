@@ -26,6 +26,12 @@ _DATE = re.compile(
     r"|\b\d{1,2}/(?:19|20)\d{2}\b"
     r"|\b(?:19|20)\d{2}\b"
 )
+# "PSA 7.7 (1/2025), 8.3 (4/2025), 9.0 (7/2025)": the later values of a series (dates are
+# blanked before matching, so their brackets are empty).
+_PSA_SERIES = re.compile(
+    rf"(?<=\))\s*(?:,|->|\u2192|=>|then|and)\s*{_NUM}\s*(?:ng/ml|\u00b5g/l|ug/l)?\s*\(\s*\)",
+    re.IGNORECASE,
+)
 _PSA_LABEL = re.compile(
     r"\b(at\s+diagnosis|at\s+dx|diagnostic|presenting|at\s+presentation|initial|iPSA|pre-?op\w*|"
     r"pre-?surg\w*|pre-?(?:RALP|RARP|RRP|RP|prostatectomy)|"
@@ -109,7 +115,7 @@ def find_psa(note: Note) -> tuple[float | None, Evidence | None]:
 def _psa_values(note: Note) -> list[_Psa]:
     dateless = _DATE.sub(lambda m: " " * len(m.group(0)), note.text)  # dates are not values
     out = []
-    for regex in (_PSA, _PSA_RISE):
+    for regex in (_PSA, _PSA_RISE, _PSA_SERIES):
         for match in regex.finditer(dateless):
             if _post_treatment(note, match) or _NOT_TOTAL.search(
                 note.text[max(0, match.start() - 12) : match.end(1)]

@@ -31,6 +31,7 @@ _AGE = (
     re.compile(r"(?<![\w/])[FM]\s*/\s*(\d{2,3})\b"),  # "F/52", "M/68"
     re.compile(  # "58 female", "Patient is 70."
         r"\b(\d{2,3})\s*-?\s*(?:female|male|woman|man|lady|gentleman)\b"
+        r"|\b(?:patient|pt)\s*,?\s*(\d{2,3})\b(?=\s*[.,;)])"
         r"|\b(?:patient|pt|she|he|and)\s+is\s+(?:now\s+)?(\d{2,3})\b"
         r"(?!\s*(?:mm|cm|%|ng|kg|weeks?|months?|days?|hours?|cycles?|fractions?|years?\s+(?:post|after|since|from)))",
         re.IGNORECASE,
@@ -45,7 +46,7 @@ _AGE = (
         r"(?!\s*(?:mm|cm|%|ng|y(?:ea)?rs?\s+ago))"
     ),
     re.compile(
-        r"\b(?:age|aged|alter)(?:\s+at\s+(?:diagnosis|presentation))?\s*[:=|]?\s*(\d{1,3})\b",
+        r"\b(?:age|aged|alter)(?:\s+at\s+\w+)?\s*[:=|]?\s*(\d{1,3})\b",
         re.IGNORECASE,
     ),
     re.compile(
