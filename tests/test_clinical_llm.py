@@ -130,6 +130,11 @@ def test_narrative_used_only_when_checked() -> None:
     assert any(d["field"] == "summary" for d in result["disagreements"])
 
 
+def test_metastatic_disease_is_flagged() -> None:
+    result = analyse("Left breast cancer cT2 cN1 cM1 (bone), mastectomy.", None).to_json()
+    assert any(n.startswith("M1: distant metastases") for n in result["notes"])
+
+
 def test_without_a_model_the_deterministic_path_works() -> None:
     result = analyse(INJECTION, None).to_json()
     assert result["disagreements"] == [] and result["llm_used"] is False

@@ -206,6 +206,11 @@ def _strategy(
     if protocol is None:
         notes.append(f"no {facts.site} protocol in {protocols_dir}: no strategy")
         return None
+    if (facts.M or "").startswith("M1"):
+        notes.append(
+            f"{facts.M}: distant metastases; the protocol's locoregional strategy assumes "
+            "curative intent, review the intent"
+        )
     return decide(facts, protocol)
 
 
