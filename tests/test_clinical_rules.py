@@ -18,7 +18,7 @@ LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
     for folder in (
         NOTES,
-        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 30)))),
+        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 31)))),
     )
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
@@ -310,6 +310,7 @@ def test_svi(text: str, svi: bool | None) -> None:
         ("Left breast invasive carcinoma NST, WLE.", None),
         ("Right breast. Neoadjuvant chemotherapy not tolerated (stopped after 1 cycle).", True),
         ("Right breast cancer, WLE. Neoadjuvant: n/a.", False),
+        ("Prostate Ca: T3a N0 M0, GS 8 (4+4). Neoadj ADT since 08/2025.", True),
         ("Left breast cancer. Neoadjuvant therapy: none. WLE.", False),
         ("Right breast. Neoadjuvant chemotherapy was recommended but she chose surgery.", False),
     ],

@@ -63,7 +63,7 @@ _AGE_WEAK = (
 )
 WEAK_AGE_MIN = 18  # a terse "10 years." is more likely a duration than an adult's age
 _NEOADJUVANT = re.compile(
-    r"\b(neo-?adjuvant\w*|pre-?op\w*\s+(?:chemo\w*|systemic|therapy|treatment|endocrine)|"
+    r"\b(neo-?adj\w*|pre-?op\w*\s+(?:chemo\w*|systemic|therapy|treatment|endocrine)|"
     r"primary (?:systemic )?(?:therapy|treatment|chemotherapy)|NACT|post-?NACT)\b",
     re.IGNORECASE,
 )
