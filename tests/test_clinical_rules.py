@@ -331,6 +331,7 @@ def test_neoadjuvant(text: str, neoadjuvant: bool | None) -> None:
         ("As discussed, you are a candidate for breast conserving surgery.", False),
         ("The answer to chemotherapy was good; report to follow.", False),
         ("Assistant surgeon: Dr Lee.", False),
+        ("Return to clinic in 6 weeks with PSA.", False),
     ],
 )
 def test_instruction_sentences(sentence: str, masked: bool) -> None:

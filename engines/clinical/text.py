@@ -65,7 +65,7 @@ _INSTRUCTION = re.compile(
     r"|^\W*(system|assistant)\s*:|\bnew instructions?\b|\bprompt injection\b"
     r"|\b(please|now|instead|must|should)\s+(output|answer|respond|reply|print|return|say|write|"
     r"report|set|mark|classify)\b"
-    r"|^\W*(output|respond|reply|print|return|say|write)\b",
+    r"|^\W*(output|respond|reply|print)\b",
     re.IGNORECASE,
 )
 NEGATION_BEFORE = re.compile(
