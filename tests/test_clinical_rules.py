@@ -18,7 +18,7 @@ LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
     for folder in (
         NOTES,
-        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 32)))),
+        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 33)))),
     )
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
@@ -172,6 +172,14 @@ def test_superseded_stage_is_not_read() -> None:
     facts = extract("Right breast WLE. Size revised, therefore pT2 (previously reported pT1c).")
     assert facts.T == "T2" and [s.value for s in facts.stages] == ["T2"]
     assert extract("Right breast cancer. Her clinical stage was cT2 cN1.").T == "T2"
+
+
+def test_pdf_line_breaks_inside_words() -> None:
+    facts = extract("Right breast IDC. Right skin-sparing mastec-\ntomy. Mr K   71 y\nAge: unknown")
+    assert (facts.surgery, facts.age) == ("mastectomy", 71)
+    assert extract("Left-\nsided breast cancer, lumpectomy.").laterality == "left"
+    note = Note.from_text("Left breast, WLE. mastec-\ntomy declined. pT2")
+    assert len(note.text) == len(note.original) and note.text.endswith("pT2")
 
 
 def test_mri_sequences_and_vertebrae_are_not_stages() -> None:

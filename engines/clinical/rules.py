@@ -58,7 +58,7 @@ _AGE = (
 # Read only when none of the forms above occurs: "59F", "60 y,".
 _AGE_WEAK = (
     re.compile(r"(?<![\w/])(\d{2})\s?(?:F|M)\b(?![\w/])"),
-    re.compile(r"(?<![\w/.])(\d{2})\s?y\b(?=\s*[.,;)])"),
+    re.compile(r"(?<![\w/.])(\d{2})\s?y\b(?=[ \t]*(?:[.,;)]|$))", re.MULTILINE),
     re.compile(r"(?<![\w/.])(\d{2})\s?(?:yrs?|years?)\b(?=\s*[.,;)])", re.IGNORECASE),
 )
 WEAK_AGE_MIN = 18  # a terse "10 years." is more likely a duration than an adult's age

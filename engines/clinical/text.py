@@ -126,7 +126,7 @@ class Note:
 
     @classmethod
     def from_text(cls, original: str) -> Note:
-        normal = original.translate(_SAME_LENGTH)
+        normal = _dehyphenate(original.translate(_SAME_LENGTH))
         spans = tuple(_sentence_spans(normal))
         masked = tuple(s for s in spans if _INSTRUCTION.search(normal[s[0] : s[1]]))
         chars = list(normal)
@@ -204,6 +204,58 @@ class Note:
         before = re.split(r"[,;]", self.text[start:position])[-1]
         after = re.split(r"[,;]", self.text[position:end])[0]
         return before + after
+
+
+# A word broken across lines by a PDF text layer ("mastec-\ntomy"), not a compound
+# ("left-\nsided", "breast-\nconserving"), whose first part is a word of its own.
+_BROKEN_WORD = re.compile(r"\b([A-Za-z]{2,})-[ \t]*\n[ \t]*([a-z]+)")
+_COMPOUND_FIRST = {
+    "left",
+    "right",
+    "node",
+    "breast",
+    "well",
+    "high",
+    "low",
+    "non",
+    "post",
+    "pre",
+    "self",
+    "triple",
+    "skin",
+    "nipple",
+    "wire",
+    "sentinel",
+    "dose",
+    "short",
+    "long",
+    "risk",
+    "co",
+    "re",
+    "ultra",
+    "hypo",
+    "hyper",
+    "sub",
+    "intra",
+    "extra",
+    "multi",
+    "bi",
+    "uni",
+    "neo",
+}
+
+
+def _dehyphenate(text: str) -> str:
+    """Join words broken across lines, keeping every offset after the word (the removed
+    hyphen and line break become spaces after it)."""
+
+    def join(match: re.Match[str]) -> str:
+        head, tail = match.group(1), match.group(2)
+        if head.lower() in _COMPOUND_FIRST:
+            return match.group(0)
+        return head + tail + " " * (len(match.group(0)) - len(head) - len(tail))
+
+    return _BROKEN_WORD.sub(join, text)
 
 
 def _sentence_spans(text: str) -> list[tuple[int, int]]:
