@@ -18,7 +18,7 @@ LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
     for folder in (
         NOTES,
-        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 33)))),
+        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 34)))),
     )
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
@@ -244,6 +244,7 @@ def test_surgery(text: str, surgery: str | None) -> None:
         ("A 10-year-old son at home. Patient: 44 years of age, right breast cancer.", 44),
         ("Prostate cancer MDT outcome: Mr Q (63). PSA 6.7.", 63),
         ("Prostate. Patient 78. PSA 7.7.", 78),
+        ("Prostate, 68. Gleason 4+3=7, PSA 6.2, cT2c.", 68),
         ("Date of diagnosis: 15/03/2025   Age at referral: 68. Right breast.", 68),
         ("| Age | 66 |\n| Side | Left |", 66),
         ("Prostate, Gleason 4+5. He is 12 weeks post-op; aged 66.", 66),

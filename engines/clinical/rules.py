@@ -60,6 +60,8 @@ _AGE_WEAK = (
     re.compile(r"(?<![\w/])(\d{2})\s?(?:F|M)\b(?![\w/])"),
     re.compile(r"(?<![\w/.])(\d{2})\s?y\b(?=[ \t]*(?:[.,;)]|$))", re.MULTILINE),
     re.compile(r"(?<![\w/.])(\d{2})\s?(?:yrs?|years?)\b(?=\s*[.,;)])", re.IGNORECASE),
+    # "Prostate, 68." at the start of a line: a heading and a bare age
+    re.compile(r"^[ \t]*[A-Z][A-Za-z ]{0,30},[ \t]*(\d{2})(?=[ \t]*[.;,])", re.MULTILINE),
 )
 WEAK_AGE_MIN = 18  # a terse "10 years." is more likely a duration than an adult's age
 _NEOADJUVANT = re.compile(
