@@ -18,7 +18,7 @@ LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
     for folder in (
         NOTES,
-        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 34)))),
+        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 35)))),
     )
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
@@ -271,6 +271,13 @@ def test_age(text: str, age: int) -> None:
         ("Prostate: PSA 8.4 ng/mL (previously 6.1). Gleason 3+3.", 8.4, "3+3", None),
         ("Prostate: PSA 8.2 ng/mL, free PSA 1.1 ng/mL, PSA density 0.21.", 8.2, None, None),
         ("Prostate: PSA 10.4 ng/mL (PSA velocity 2.9 ng/mL/yr).", 10.4, None, None),
+        (
+            "Prostate. Initial PSA 9.8, GG1 2013; 2025 repeat biopsy GG3 with PSA 12.1.",
+            12.1,
+            None,
+            3,
+        ),
+        ("Prostate. iPSA 21.3. Gleason 3+4=7. Risk: high (PSA > 20).", 21.3, "3+4", None),
         (
             "Prostate. PSA 7.7 (1/2025), 8.3 (4/2025), 9.0 (7/2025). Gleason 3+4=7.",
             9.0,

@@ -10,7 +10,12 @@ from engines.clinical.surgery import find_surgery
 from engines.clinical.text import Note, number
 
 _NUM = r"(\d{1,4}(?:[.,]\d{1,3})?)"
-_PSA = re.compile(rf"\b(?:i|initial\s+)?PSA\b[^0-9.;]{{0,30}}?{_NUM}(?!\s*%)", re.IGNORECASE)
+_PSA = re.compile(  # not "PSA > 20" (a threshold), not "PSA 12%"
+    rf"\b(?:i|initial\s+)?PSA\b(?![^0-9.;]{{0,12}}?(?:[<>\u2264\u2265]|above|over|below|under|"
+    rf"greater|less|threshold|cut-?off))[^0-9.;]{{0,30}}?{_NUM}(?!\s*%)",
+    re.IGNORECASE,
+)
+_INITIAL = re.compile(r"\b(initial|iPSA)\b", re.IGNORECASE)
 _PSA_RISE = re.compile(
     rf"(?:\b(?:rising|rose|increased|increasing|up)\s+to|->|\u2192|=>)\s*{_NUM}\s*"
     r"(?:ng/ml|\u00b5g/l|ug/l)",
@@ -33,7 +38,8 @@ _PSA_SERIES = re.compile(
     re.IGNORECASE,
 )
 _PSA_LABEL = re.compile(
-    r"\b(at\s+diagnosis|at\s+dx|diagnostic|presenting|at\s+presentation|initial|iPSA|pre-?op\w*|"
+    # "initial" and "iPSA" are not here: after active surveillance the latest value counts
+    r"\b(at\s+diagnosis|at\s+dx|diagnostic|presenting|at\s+presentation|pre-?op\w*|"
     r"pre-?surg\w*|pre-?(?:RALP|RARP|RRP|RP|prostatectomy)|"
     r"pre-?treatment|pre-?biopsy)\b",
     re.IGNORECASE,
@@ -90,7 +96,8 @@ class _Gleason:
 @dataclass(frozen=True)
 class _Psa:
     value: float  # ng/mL
-    labelled: bool  # "at diagnosis", "pre-operative", "iPSA"...
+    labelled: bool  # "at diagnosis", "pre-operative", "presenting" ...
+    initial: bool  # "initial PSA", "iPSA": before any operation, but a later value counts
     older: bool  # "previously 6.1", "baseline 5"
     evidence: Evidence
 
@@ -103,7 +110,11 @@ def find_psa(note: Note) -> tuple[float | None, Evidence | None]:
     surgery, operated = find_surgery(note, "prostate")
     after_surgery = operated.start if surgery and operated else len(note.text)
     found = sorted(
-        (p for p in _psa_values(note) if p.labelled or p.evidence.start < after_surgery),
+        (
+            p
+            for p in _psa_values(note)
+            if p.labelled or p.initial or p.evidence.start < after_surgery
+        ),
         key=lambda p: p.evidence.start,
     )
     labelled = [p for p in found if p.labelled]
@@ -123,8 +134,10 @@ def _psa_values(note: Note) -> list[_Psa]:
                 continue
             before = note.before(match.end(1), 60)
             labelled = bool(_PSA_LABEL.search(before))
+            initial = bool(_INITIAL.search(note.before(match.end(1), 40)))
             older = bool(_PSA_OLDER.search(note.before(match.start(1), 25)))
-            out.append(_Psa(number(match.group(1)), labelled, older, _evidence(note, match)))
+            value = number(match.group(1))
+            out.append(_Psa(value, labelled, initial, older, _evidence(note, match)))
     return out
 
 

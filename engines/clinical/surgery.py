@@ -50,6 +50,10 @@ _AFTER_OPTION = re.compile(
 _AFTER_PLANNED = re.compile(
     r"^[\s\w()/-]{0,25}?\b(planned|scheduled|booked|to follow|pending)\b", re.IGNORECASE
 )
+_NOT_APPLICABLE = re.compile(  # "PMRT not applicable" after breast conservation
+    r"^[\s\w()/-]{0,15}?\b(not\s+(?:applicable|indicated|required|needed|relevant)|n/a)\b",
+    re.IGNORECASE,
+)
 _PRECEDENCE = ("mastectomy", "BCS", "prostatectomy")
 
 
@@ -93,8 +97,9 @@ def _risk_reducing(note: Note, start: int, end: int) -> bool:
 def _status(note: Note, match: re.Match[str]) -> str:
     """``done``, ``planned`` or "" (does not count)."""
     start, end = match.span()
-    if _DONE_ALWAYS.fullmatch(match.group(0)):
-        return "done"
+    if _DONE_ALWAYS.fullmatch(match.group(0)):  # "PMRT": a mastectomy was done, unless
+        negated = note.negated(start, end, words_before=3, after=False)  # "no PMRT" or
+        return "" if negated or _NOT_APPLICABLE.match(note.after(end, 40)) else "done"
     if _risk_reducing(note, start, end):
         return ""
     if note.in_history(start) or note.negated(start, end, words_before=4, after=False):
