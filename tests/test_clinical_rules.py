@@ -18,7 +18,7 @@ LABELS: dict[str, dict[str, Any]] = {
     str(folder / name): labels
     for folder in (
         NOTES,
-        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 35)))),
+        *(NOTES / f"holdout{s}" for s in ("", *"23456789", *map(str, range(10, 36)))),
     )
     for name, labels in yaml.safe_load((folder / "labels.yaml").read_text()).items()
 }
