@@ -113,6 +113,9 @@ class EngineSettings(_Strict):
     segmentation_model: Path | None = None  # model card; default: the shipped thorax model
     segmentation_providers: list[str] = Field(default_factory=list)  # empty: choose at run time
     segmentation_threads: Annotated[int, Field(ge=0)] = 0  # 0: ONNX Runtime's default
+    llm_threads: Annotated[int, Field(ge=0)] = 0  # llama.cpp threads; 0: cores - 1
+    clinical_protocols: Path | None = None  # protocol folder; default: config/protocols
+    clinical_time_budget_s: Annotated[float, Field(gt=0, le=600)] = 5.0  # LLM time per case
 
     def as_params(self) -> dict[str, Any]:
         """The ``ctx.params`` keys the engines read."""
@@ -124,6 +127,11 @@ class EngineSettings(_Strict):
             "segmentation_model": self.segmentation_model,
             "segmentation_providers": list(self.segmentation_providers),
             "segmentation_threads": self.segmentation_threads,
+            # one LLM for both engines (one model per worker): none -> deterministic only
+            "clinical_llm_model": self.llm_model or "none",
+            "clinical_llm_threads": self.llm_threads,
+            "clinical_protocols": self.clinical_protocols,
+            "clinical_time_budget_s": self.clinical_time_budget_s,
         }
         return {k: str(v) if isinstance(v, Path) else v for k, v in params.items() if v}
 
@@ -195,7 +203,13 @@ def validate_document(doc: YamlDocument, model: type[M]) -> M:
 
 
 def _resolve_engine_paths(base: Path, engines: EngineSettings) -> EngineSettings:
-    names = ("tg263_overrides", "tg263_vocabulary", "tg263_worksheet", "segmentation_model")
+    names = (
+        "tg263_overrides",
+        "tg263_vocabulary",
+        "tg263_worksheet",
+        "segmentation_model",
+        "clinical_protocols",
+    )
     changes: dict[str, Any] = {
         n: _resolve(base, getattr(engines, n)) for n in names if getattr(engines, n) is not None
     }

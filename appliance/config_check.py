@@ -29,8 +29,10 @@ def check_all(config_path: Path) -> list[ConfigProblem]:
     rules_file: Path | None
     template: Path | None
     plugins: list[str] = []
+    protocols: Path | None = None
     try:
         cfg = load_config(config_path).config
+        protocols = cfg.engines.clinical_protocols
         rules_file, template, dests = (
             cfg.rules_file,
             cfg.structure_template,
@@ -49,7 +51,19 @@ def check_all(config_path: Path) -> list[ConfigProblem]:
             problems += exc.problems
     if template is not None:
         problems += _check_template(template)
+    problems += _check_protocols(protocols)
     return problems
+
+
+def _check_protocols(directory: Path | None) -> list[ConfigProblem]:
+    """The clinical RT strategy protocols (default: config/protocols)."""
+    from engines.clinical.protocols import load_protocols
+
+    try:
+        load_protocols(directory)
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
 
 
 def check_model_cards(rules_file: Path, ruleset: RuleSet) -> list[ConfigProblem]:

@@ -85,3 +85,13 @@ def test_check_config_checks_the_model_cards_rules_name(tmp_path: Path) -> None:
     (models / "thorax.onnx").write_bytes(b"not the model")
     out = _run("check-config", "--config", str(write_config(tmp_path, rules=rules)))
     assert out.returncode == 1 and "sha256 mismatch for thorax.onnx" in out.stderr
+
+
+def test_check_config_checks_the_clinical_protocols(tmp_path: Path) -> None:
+    protocols = tmp_path / "protocols"
+    protocols.mkdir()
+    (protocols / "breast.yaml").write_text("site: breast\nbogus: 1\n")
+    config = write_config(tmp_path, engines={"clinical_protocols": str(protocols)})
+    out = _run("check-config", "--config", str(config))
+    assert out.returncode == 1
+    assert f"{protocols / 'breast.yaml'}:2: bogus: Extra inputs are not permitted" in out.stderr

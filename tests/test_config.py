@@ -81,3 +81,13 @@ def test_overrides() -> None:
 def test_bad_destination_override(text: str) -> None:
     with pytest.raises(ValueError):
         parse_destination(text)
+
+
+def test_one_llm_setting_serves_renaming_and_clinical_text() -> None:
+    from appliance.config import EngineSettings
+
+    params = EngineSettings(llm_model="bundled", llm_threads=1).as_params()
+    assert params["tg263_llm_model"] == params["clinical_llm_model"] == "bundled"
+    assert params["clinical_llm_threads"] == 1 and params["clinical_time_budget_s"] == 5.0
+    off = EngineSettings(llm_model=None).as_params()
+    assert "tg263_llm_model" not in off and off["clinical_llm_model"] == "none"
