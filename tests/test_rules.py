@@ -51,7 +51,12 @@ def test_disabled_rule_never_matches() -> None:
 def test_shipped_rules_route_ct_but_not_scouts() -> None:
     rules = load_rules(REPO / "config" / "rules.yaml")
     ct = {**CT, "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2"}
-    assert [r.name for r in matching_rules(rules, ct)] == ["ct-body-lungs"]
+    assert [r.name for r in matching_rules(rules, ct)] == ["ct-organs", "ct-clinical-context"]
+    organs, context = matching_rules(rules, ct)
+    assert organs.pipeline == ["classical_body_lungs", "segment_onnx", "rtstruct_writer"]
+    assert organs.clinical_text is None  # organs never wait for text
+    assert context.clinical_text is not None and context.clinical_text.without_text == []
+    assert context.pipeline[0] == "clinical_text" and "segment_ctv" in context.pipeline
     assert matching_rules(rules, {**ct, "SeriesDescription": "Topogram 0.6"}) == []
     rs = {**ct, "Modality": "RTSTRUCT", "SOPClassUID": "1.2.840.10008.5.1.4.1.1.481.3"}
     assert [r.name for r in matching_rules(rules, rs)] == ["rtstruct-tg263"]
@@ -149,3 +154,28 @@ def test_example_rules_with_clinical_text_are_valid() -> None:
     )
     need = rules.rules[0].clinical_text
     assert need is not None and need.wait_seconds == 60 and need.without_text
+
+
+def test_rule_params_paths_are_relative_to_the_rules_file(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        "rules:\n"
+        "  - name: site\n"
+        "    pipeline: [segment_onnx]\n"
+        "    params: {segmentation_model: models/site.yaml, segmentation_threads: 1,\n"
+        "             ctv_model: /abs/ctv.yaml}\n"
+    )
+    (rule,) = load_rules(path).rules
+    assert rule.params == {
+        "segmentation_model": str(tmp_path / "models" / "site.yaml"),
+        "segmentation_threads": 1,
+        "ctv_model": "/abs/ctv.yaml",
+    }
+
+
+def test_rule_params_names_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "rules.yaml"
+    path.write_text("rules:\n  - name: a\n    pipeline: [x]\n    params: {Bad-Key: 1}\n")
+    with pytest.raises(ConfigError) as err:
+        load_rules(path)
+    assert "lower_snake_case" in str(err.value)
