@@ -3,6 +3,7 @@ and the node engine ``tg263_rename``."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pydicom
@@ -16,6 +17,8 @@ from engines.naming.rtstruct import DRAFT_LABEL, RTStructError, roi_names
 from engines.naming.vocabulary import load_vocabulary
 from engines.registry import create_engine
 from tests.factories import RoiSpec, make_ct_series, make_rtstruct, write_dataset
+
+DCIODVFY = Path("/usr/bin/dciodvfy")
 
 ROIS = (
     RoiSpec("BODY", (0.0, 0.0), (160.0, 100.0), "EXTERNAL", (1, 1, 1)),
@@ -108,6 +111,18 @@ def test_mapping_sr_lists_every_roi(
         for r in s.ReferencedSOPSequence
     }
     assert structure_set.SOPInstanceUID in referenced
+
+
+@pytest.mark.skipif(not DCIODVFY.exists(), reason="dciodvfy not installed")
+def test_mapping_sr_passes_dciodvfy(
+    structure_set: pydicom.Dataset, renamer: Renamer, tmp_path: Path
+) -> None:
+    result = rename_rtstruct(tmp_path / "in.dcm", structure_set, renamer, tmp_path)
+    out = subprocess.run(
+        [str(DCIODVFY), str(result.report)], capture_output=True, text=True, timeout=60
+    )
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line]
+    assert errors == [], errors
 
 
 def test_dry_run_writes_nothing(

@@ -12,39 +12,35 @@ from collections.abc import Sequence as Seq
 from datetime import datetime
 from typing import Any
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
-COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
+from engines.sr import (
+    COMMENT,
+    COMPREHENSIVE_SR_STORAGE,
+    SCHEME,
+    container,
+    evidence,
+    num_item,
+    sr_header,
+    text_item,
+)
+
+__all__ = ["COMPREHENSIVE_SR_STORAGE", "make_clinical_sr"]
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
-SCHEME = "99RTNODE"  # the product's private coding scheme (as the renaming report)
 TITLE = ("RTSTRAT", SCHEME, "Radiotherapy strategy from clinical text")
 SUMMARY = ("CLSUMM", SCHEME, "Clinical summary")
 FACTS = ("CLFACTS", SCHEME, "Clinical facts")
 STRATEGY = ("RTPLANSTRAT", SCHEME, "Radiotherapy strategy")
 DISAGREEMENTS = ("CLDISAG", SCHEME, "Rules and LLM disagreements")
 SOURCES = ("CLSRC", SCHEME, "Source documents")
-COMMENT = ("121106", "DCM", "Comment")
 SERIES_NUMBER = 902
 DRAFT_TEXT = (
     "AI draft: clinical facts, strategy and summary were derived automatically from clinical "
     "text (deterministic rules, protocol files, optional local LLM). Review before clinical use."
 )
 UNITS = {"age": ("a", "UCUM", "year"), "psa": ("ng/mL", "UCUM", "nanogram per milliliter")}
-_PATIENT_STUDY_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
-_OPTIONAL = ("StudyDescription",)
-UTF8 = "ISO_IR 192"  # notes, names and the summary may hold any character
 
 
 def make_clinical_sr(
@@ -56,59 +52,35 @@ def make_clinical_sr(
     """The SR for ``result`` (``ClinicalAnalysis.to_json()``) in the study of ``ct_images``."""
     if not ct_images:
         raise ValueError("the clinical SR needs the CT images it refers to")
-    ds = _header(ct_images[0], now or datetime.now())
+    ds = sr_header(
+        ct_images[0],
+        now or datetime.now(),
+        title=TITLE,
+        series_number=SERIES_NUMBER,
+        series_description="RT strategy from clinical text (AI draft)",
+    )
     ds.ContentSequence = Sequence(
         [
-            _text(COMMENT, DRAFT_TEXT),
-            _text(SUMMARY, str(result.get("summary") or "")),
-            _container(FACTS, _fact_items(result)),
-            _container(STRATEGY, _strategy_items(result)),
-            _container(DISAGREEMENTS, _disagreement_items(result)),
-            _container(SOURCES, [_text(COMMENT, s[:1024]) for s in sources] or [_none()]),
+            text_item(COMMENT, DRAFT_TEXT),
+            text_item(SUMMARY, str(result.get("summary") or "")),
+            container(FACTS, _fact_items(result)),
+            container(STRATEGY, _strategy_items(result)),
+            container(DISAGREEMENTS, _disagreement_items(result)),
+            container(SOURCES, [text_item(COMMENT, s[:1024]) for s in sources] or [_none()]),
         ]
     )
-    ds.CurrentRequestedProcedureEvidenceSequence = Sequence([_evidence(ct_images)])
+    refs = [
+        (
+            str(image.SeriesInstanceUID),
+            str(image.get("SOPClassUID", CT_IMAGE_STORAGE)),
+            str(image.SOPInstanceUID),
+        )
+        for image in ct_images
+    ]
+    ds.CurrentRequestedProcedureEvidenceSequence = Sequence(
+        [evidence(str(ct_images[0].StudyInstanceUID), refs)]
+    )
     return ds
-
-
-def _header(ct: Dataset, now: datetime) -> Dataset:
-    ds = Dataset()
-    sop_uid = generate_uid()
-    ds.file_meta = _file_meta(sop_uid)
-    for keyword in _OPTIONAL:
-        if keyword in ct:
-            setattr(ds, keyword, ct[keyword].value)
-    for keyword in _PATIENT_STUDY_TYPE2:
-        setattr(ds, keyword, ct[keyword].value if keyword in ct else "")
-    ds.SpecificCharacterSet = UTF8
-    ds.StudyInstanceUID = ct.StudyInstanceUID
-    ds.SOPClassUID, ds.SOPInstanceUID = COMPREHENSIVE_SR_STORAGE, sop_uid
-    ds.Modality = "SR"
-    ds.SeriesInstanceUID = generate_uid()
-    ds.SeriesNumber = SERIES_NUMBER
-    ds.SeriesDescription = "RT strategy from clinical text (AI draft)"
-    ds.InstanceNumber = 1
-    ds.Manufacturer = "rtnode"
-    date, time = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ds.ContentDate, ds.ContentTime = date, time
-    ds.InstanceCreationDate, ds.InstanceCreationTime = date, time
-    ds.SeriesDate, ds.SeriesTime = date, time
-    ds.ReferencedPerformedProcedureStepSequence = Sequence([])
-    ds.PerformedProcedureCodeSequence = Sequence([])
-    ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
-    ds.ValueType = "CONTAINER"
-    ds.ConceptNameCodeSequence = Sequence([_code(*TITLE)])
-    ds.ContinuityOfContent = "SEPARATE"
-    return ds
-
-
-def _file_meta(sop_uid: UID) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(COMPREHENSIVE_SR_STORAGE)
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    return meta
 
 
 def _fact_items(result: dict[str, Any]) -> list[Dataset]:
@@ -119,9 +91,11 @@ def _fact_items(result: dict[str, Any]) -> list[Dataset]:
     for key in keys:
         value = result.get(key)
         if key in UNITS and value is not None:
-            items.append(_num((f"CL{key.upper()}", SCHEME, key), float(value), UNITS[key]))
+            items.append(
+                num_item((f"CL{key.upper()}", SCHEME, key), f"{float(value):g}", UNITS[key])
+            )
         else:
-            items.append(_text((f"CL{key.upper()}", SCHEME, key), _plain(value)))
+            items.append(text_item((f"CL{key.upper()}", SCHEME, key), _plain(value)))
     return items
 
 
@@ -131,7 +105,7 @@ def _strategy_items(result: dict[str, Any]) -> list[Dataset]:
     items = []
     for key, value in strategy.items():
         rule = f" [rule {rules[key]}]" if key in rules else ""
-        items.append(_text((f"ST{key.upper()[:12]}", SCHEME, key), f"{_plain(value)}{rule}"))
+        items.append(text_item((f"ST{key.upper()[:12]}", SCHEME, key), f"{_plain(value)}{rule}"))
     return items or [_none()]
 
 
@@ -142,7 +116,7 @@ def _disagreement_items(result: dict[str, Any]) -> list[Dataset]:
             f"{d['field']}: rules {_plain(d['rules'])}; LLM {_plain(d['llm'])}; "
             f"used {_plain(d['used'])} ({d['reason']})"
         )
-        items.append(_text(COMMENT, text[:1024]))
+        items.append(text_item(COMMENT, text[:1024]))
     return items or [_none()]
 
 
@@ -161,57 +135,4 @@ def _plain(value: Any) -> str:
 
 
 def _none() -> Dataset:
-    return _text(COMMENT, "none")
-
-
-def _container(concept: tuple[str, str, str], children: list[Dataset]) -> Dataset:
-    item = Dataset()
-    item.RelationshipType, item.ValueType = "CONTAINS", "CONTAINER"
-    item.ConceptNameCodeSequence = Sequence([_code(*concept)])
-    item.ContinuityOfContent = "SEPARATE"
-    item.ContentSequence = Sequence(children)
-    return item
-
-
-def _text(concept: tuple[str, str, str], value: str) -> Dataset:
-    item = Dataset()
-    item.RelationshipType, item.ValueType = "CONTAINS", "TEXT"
-    item.ConceptNameCodeSequence = Sequence([_code(*concept)])
-    item.TextValue = value or "(empty)"
-    return item
-
-
-def _num(concept: tuple[str, str, str], value: float, units: tuple[str, str, str]) -> Dataset:
-    measured = Dataset()
-    measured.NumericValue = f"{value:g}"
-    measured.MeasurementUnitsCodeSequence = Sequence([_code(*units)])
-    item = Dataset()
-    item.RelationshipType, item.ValueType = "CONTAINS", "NUM"
-    item.ConceptNameCodeSequence = Sequence([_code(*concept)])
-    item.MeasuredValueSequence = Sequence([measured])
-    return item
-
-
-def _code(value: str, scheme: str, meaning: str) -> Dataset:
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = value, scheme, meaning
-    return code
-
-
-def _evidence(ct_images: Seq[Dataset]) -> Dataset:
-    by_series: dict[str, list[Dataset]] = {}
-    for image in ct_images:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = str(image.get("SOPClassUID", CT_IMAGE_STORAGE))
-        ref.ReferencedSOPInstanceUID = str(image.SOPInstanceUID)
-        by_series.setdefault(str(image.SeriesInstanceUID), []).append(ref)
-    study = Dataset()
-    study.StudyInstanceUID = str(ct_images[0].StudyInstanceUID)
-    series_items = []
-    for series_uid, refs in by_series.items():
-        series = Dataset()
-        series.SeriesInstanceUID = series_uid
-        series.ReferencedSOPSequence = Sequence(refs)
-        series_items.append(series)
-    study.ReferencedSeriesSequence = Sequence(series_items)
-    return study
+    return text_item(COMMENT, "none")
