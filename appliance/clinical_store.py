@@ -223,6 +223,59 @@ class ClinicalStore:
             )
             return JoinResult(_document_view(doc), joined, late)
 
+    def rerun_with_text(self, job_id: int, pipeline: list[str], now: datetime) -> JobView | None:
+        """A new job for a late job's series and rule: ``pipeline`` (the rule's full one)
+        with every document of the case joined, ready to run. None when a later job of the
+        same series and rule already has text, or the case has no document."""
+        with transaction(self._engine) as s:
+            old = _get(s, job_id)
+            newer = s.scalars(
+                select(Job.id).where(
+                    Job.series_uid == old.series_uid,
+                    Job.rule_name == old.rule_name,
+                    Job.id > old.id,
+                    Job.text_outcome == TextOutcome.JOINED,
+                )
+            ).first()
+            if newer is not None:
+                return None
+            docs = s.scalars(
+                select(ClinicalDocumentRow)
+                .where(
+                    _same_case(
+                        ClinicalDocumentRow, old.patient_id, old.study_uid, old.accession_number
+                    )
+                )
+                .order_by(ClinicalDocumentRow.id)
+            ).all()
+            if not docs:
+                return None
+            for doc in docs:
+                doc.state = DocumentState.JOINED
+            job = Job(
+                series_uid=old.series_uid,
+                study_uid=old.study_uid,
+                patient_id=old.patient_id,
+                accession_number=old.accession_number,
+                rule_name=old.rule_name,
+                pipeline=list(pipeline),
+                destinations=list(old.destinations or []),
+                attempts=0,
+                max_attempts=old.max_attempts,
+                last_error="",
+                outputs=[],
+                notes=[],
+                created_at=now,
+                text_deadline=now,
+                fallback_pipeline=list(old.fallback_pipeline or []),
+                clinical_document_ids=[d.id for d in docs],
+                state=JobState.PENDING,
+                text_outcome=TextOutcome.JOINED,
+            )
+            s.add(job)
+            s.flush()
+            return job_view(job)
+
     def expire_waits(self, now: datetime) -> list[JobView]:
         """Waiting jobs past their deadline take the fallback (pending) or are skipped."""
         with transaction(self._engine) as s:

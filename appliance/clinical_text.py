@@ -71,11 +71,13 @@ class ClinicalText:
         bus: EventBus,
         clock: Clock,
         series_files: Callable[[str], list[str]],
+        rule_for: Callable[[str], Rule | None] | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
         self._clock = clock
         self._series_files = series_files
+        self._rule_for = rule_for or (lambda _name: None)
 
     # -- intake -----------------------------------------------------------------
 
@@ -194,9 +196,11 @@ class ClinicalText:
                     waited_s=self._waited_s(job),
                 )
             )
+        reruns = 0
         for job in result.late:
             outcome = TextOutcome.SKIPPED if job.state == JobState.SKIPPED else TextOutcome.FALLBACK
             logger.warning("clinical document %d arrived after job %d's wait", doc.id, job.id)
+            rerun = self._rerun(job)
             self._bus.publish(
                 ClinicalTextLate(
                     **job_ids(job),
@@ -204,9 +208,26 @@ class ClinicalText:
                     source=doc.source,
                     rule=job.rule_name,
                     outcome=outcome,
+                    rerun_job_id=rerun.id if rerun else None,
                 )
             )
-        return len(result.joined)
+            if rerun is not None:
+                reruns += 1
+                self._bus.publish(
+                    ClinicalTextJoined(
+                        **job_ids(rerun),
+                        rule=rerun.rule_name,
+                        document_ids=rerun.clinical_document_ids,
+                    )
+                )
+        return len(result.joined) + reruns
+
+    def _rerun(self, job: JobView) -> JobView | None:
+        """The new full-pipeline job for late text, if the job's rule asks for one."""
+        rule = self._rule_for(job.rule_name)
+        if rule is None or rule.clinical_text is None or not rule.clinical_text.rerun_late_text:
+            return None
+        return self._store.rerun_with_text(job.id, list(rule.pipeline), self._clock.now())
 
     def _publish_expiry(self, job: JobView) -> int:
         waited = self._waited_s(job)

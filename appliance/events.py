@@ -194,6 +194,7 @@ class ClinicalTextLate(Event):
     source: str = ""
     rule: str = ""
     outcome: str = ""
+    rerun_job_id: int | None = None  # the new job that runs the full pipeline with the text
 
 
 Listener = Callable[[Any], None]

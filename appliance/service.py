@@ -119,7 +119,7 @@ class Node:
         )
         self.clinical_store = ClinicalStore(self.db)
         self.clinical = ClinicalText(
-            self.clinical_store, self.bus, self.clock, self.store.series_files
+            self.clinical_store, self.bus, self.clock, self.store.series_files, self._rule
         )
         self.pool = WorkerPool(
             self.store,
@@ -259,6 +259,9 @@ class Node:
             self.scheduler.shutdown(wait=True)
         self.pool.stop()
         self.db.dispose()
+
+    def _rule(self, name: str) -> Rule | None:
+        return next((r for r in self.ruleset.rules if r.name == name), None)
 
     # -- timers -----------------------------------------------------------------
 

@@ -90,6 +90,9 @@ class ClinicalTextNeed(BaseModel):
 
     wait_seconds: Annotated[float, Field(ge=0, le=MAX_WAIT_SECONDS)] = 60.0
     without_text: list[str]
+    # Text that arrives after the fallback ran (or the series was skipped) starts a new
+    # job with the full pipeline; false: it is only audited (clinical_text_late).
+    rerun_late_text: bool = True
 
 
 ParamValue = str | int | float | bool | list[str]

@@ -200,7 +200,36 @@ def test_deadline_passes_then_fallback_runs_and_late_text_is_audited(
     _receive(node, [_sr(ct)], tmp_path / "sr")
     [late] = _events(node, "clinical_text_late")
     assert late["job_id"] == job.id and late["outcome"] == "fallback"
-    assert node.clinical_store.recent_documents()[0].state == "late"
+    # the late text starts a new job with the full pipeline (rerun_late_text, default on)
+    rerun = late["rerun_job_id"]
+    assert rerun is not None and rerun != job.id
+    assert node.store.get_job(rerun).pipeline == ["record_clinical"]  # type: ignore[union-attr]
+    assert [e["job_id"] for e in _events(node, "clinical_text_joined")] == [rerun]
+    assert [j.id for j in _run_pending(node)] == [rerun]
+    description, docs = _seen(node, rerun)
+    assert description == "clinical documents seen" and len(docs) == 1
+    assert node.clinical_store.recent_documents()[0].state == "joined"
+    # a second late document joins no one and starts nothing more
+    _receive(node, [_sr(ct, "addendum: left breast, pN1a")], tmp_path / "sr2")
+    assert _events(node, "clinical_text_late")[-1]["rerun_job_id"] is None
+    assert _run_pending(node) == []
+
+
+def test_late_text_is_only_audited_when_the_rule_says_so(tmp_path: Path, clock: FakeClock) -> None:
+    need = {**NEEDS_TEXT["clinical_text"], "rerun_late_text": False}  # type: ignore[dict-item]
+    node = _start(tmp_path, clock, [{**NEEDS_TEXT, "clinical_text": need}])
+    try:
+        ct = _ct()
+        _receive(node, ct.datasets, tmp_path / "ct")
+        clock.advance(WAIT_S)
+        node.tick_completion()
+        _run_pending(node)
+        _receive(node, [_sr(ct)], tmp_path / "sr")
+        [late] = _events(node, "clinical_text_late")
+        assert late["rerun_job_id"] is None and _run_pending(node) == []
+        assert node.clinical_store.recent_documents()[0].state == "late"
+    finally:
+        node.stop()
 
 
 def test_empty_fallback_skips_the_series(tmp_path: Path, clock: FakeClock) -> None:

@@ -125,7 +125,7 @@ def test_ct_and_sr_pushed_by_storescu_reach_the_engine(
     assert _events(node, "clinical_text_missing_fallback") == []
 
 
-def test_ct_without_text_follows_the_fallback_and_late_text_is_audited(
+def test_ct_without_text_follows_the_fallback_and_late_text_reruns_the_pipeline(
     tmp_path: Path, make_node: Callable[..., RtNode], tps: StoreSCP
 ) -> None:
     node = make_node(tps.port, overrides=PLUGINS, rules=[_rule(3)])
@@ -140,9 +140,17 @@ def test_ct_without_text_follows_the_fallback_and_late_text_is_audited(
     assert push(node.port, [_note(ct, tmp_path, "late note")]).returncode == 0
     [late] = wait_for(lambda: _events(node, "clinical_text_late"), 30, "the late audit row")
     assert late["job_id"] == fallback["job_id"] and late["detail"]["outcome"] == "fallback"
+    # the late text starts the full pipeline again, whose result reaches the TPS too
+    assert late["detail"]["rerun_job_id"] not in (None, fallback["job_id"])
+    records = wait_for(
+        lambda: [r for r in _records(tps) if r[0] == "clinical documents seen"] or None,
+        RESULT_TIMEOUT_S,
+        "the full pipeline's SR after the late text",
+    )
+    assert [len(seen) for _, seen in records] == [1]
     status = node.cli("status", "--json")
     docs = json.loads(status.stdout)["clinical"]["recent_documents"]
-    assert [d["state"] for d in docs] == ["late"]
+    assert [d["state"] for d in docs] == ["joined"]
 
 
 def test_submit_text_releases_a_waiting_ct_on_the_running_node(
