@@ -30,9 +30,11 @@ def check_all(config_path: Path) -> list[ConfigProblem]:
     template: Path | None
     plugins: list[str] = []
     protocols: Path | None = None
+    node_params: dict[str, Any] = {}
     try:
         cfg = load_config(config_path).config
         protocols = cfg.engines.clinical_protocols
+        node_params = cfg.engines.as_params()
         rules_file, template, dests = (
             cfg.rules_file,
             cfg.structure_template,
@@ -46,7 +48,7 @@ def check_all(config_path: Path) -> list[ConfigProblem]:
         try:
             engines = sorted({*engine_names(), *plugins})
             ruleset = load_rules(rules_file, engines=engines, destinations=dests)
-            problems += check_model_cards(rules_file, ruleset)
+            problems += check_model_cards(rules_file, ruleset, node_params)
         except ConfigError as exc:
             problems += exc.problems
     if template is not None:
@@ -66,8 +68,11 @@ def _check_protocols(directory: Path | None) -> list[ConfigProblem]:
     return []
 
 
-def check_model_cards(rules_file: Path, ruleset: RuleSet) -> list[ConfigProblem]:
-    """Every model card a rule runs: valid card, model file present, sha256 matching."""
+def check_model_cards(
+    rules_file: Path, ruleset: RuleSet, node_params: dict[str, Any] | None = None
+) -> list[ConfigProblem]:
+    """Every model card a rule runs (the rule's ``params``, else the node config's
+    ``engines:``, else the shipped default): valid card, model file present, sha256."""
     from engines.segmentation.card import ModelCardError, load_card, verified_model_path
 
     problems: list[ConfigProblem] = []
@@ -78,7 +83,7 @@ def check_model_cards(rules_file: Path, ruleset: RuleSet) -> list[ConfigProblem]
             if step not in MODEL_STEPS:
                 continue
             key, default = MODEL_STEPS[step]
-            card_path = Path(str(rule.params.get(key) or default))
+            card_path = Path(str(rule.params.get(key) or (node_params or {}).get(key) or default))
             if card_path in checked:
                 continue
             checked.add(card_path)

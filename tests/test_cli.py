@@ -95,3 +95,18 @@ def test_check_config_checks_the_clinical_protocols(tmp_path: Path) -> None:
     out = _run("check-config", "--config", str(config))
     assert out.returncode == 1
     assert f"{protocols / 'breast.yaml'}:2: bogus: Extra inputs are not permitted" in out.stderr
+
+
+def test_check_config_checks_the_node_configs_model_card(tmp_path: Path) -> None:
+    rules = [
+        {
+            "name": "ct",
+            "match": {"Modality": "^CT$"},
+            "pipeline": ["segment_onnx"],
+            "destinations": ["tps"],
+        }
+    ]
+    missing = tmp_path / "nowhere.yaml"
+    config = write_config(tmp_path, rules=rules, engines={"segmentation_model": str(missing)})
+    out = _run("check-config", "--config", str(config))
+    assert out.returncode == 1 and f"{missing}: cannot read model card" in out.stderr
