@@ -9,12 +9,15 @@ accepted association. Behaviour is otherwise pynetdicom's own.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
+import re
 import socket
 import struct
 from typing import Any, cast
 
+from pydicom.uid import RE_VALID_UID, UID
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
@@ -178,10 +181,32 @@ class FastRequestHandler(RequestHandler):
         return assoc
 
 
+@functools.lru_cache(maxsize=8192)
+def _valid_uid(value: str) -> bool:
+    """pydicom's ``UID.is_valid`` test (at most 64 characters, matching RE_VALID_UID)."""
+    return len(value) <= 64 and re.match(RE_VALID_UID, value) is not None
+
+
+def _memoised_is_valid(self: UID) -> bool:
+    return _valid_uid(str(self))
+
+
+def memoise_uid_validation() -> None:
+    """Make ``pydicom.uid.UID.is_valid`` a memoised lookup.
+
+    pynetdicom reads ``is_valid`` for every transfer syntax of every presentation context
+    an association proposes (DCMTK storescu proposes over a hundred), and pydicom answers
+    each time with a long regular expression: about 0.1 s per association on this
+    machine. The answer depends only on the string, so it is cached (same result).
+    """
+    UID.is_valid = property(_memoised_is_valid)  # type: ignore[method-assign,assignment]
+
+
 def make_server(
     ae: Any, address: tuple[str, int], evt_handlers: list[Any]
 ) -> ThreadedAssociationServer:
     """A threaded association server (not yet serving) using :class:`FastRequestHandler`."""
+    memoise_uid_validation()
     server: ThreadedAssociationServer = ae.make_server(
         address,
         evt_handlers=evt_handlers,

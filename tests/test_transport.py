@@ -54,3 +54,33 @@ def test_fast_socket_reads_exact_lengths_and_stops_at_close() -> None:
     assert wrapper.recv(100) == bytearray(b"tail")
     sender.join(5)
     a.close()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.826.0.1.3680043.8.498." + "1" * 38,  # 64 characters
+        "1.2.826.0.1.3680043.8.498." + "1" * 39,  # 65: too long
+        "1.2.03.4",  # leading zero
+        "1..2",
+        "1.2.a",
+        "",
+        "0",
+    ],
+)
+@pytest.mark.filterwarnings("ignore:.*VR UI")  # pydicom warns when an invalid UID is made
+def test_memoised_uid_validation_answers_as_pydicom(value: str) -> None:
+    from pydicom.uid import UID
+
+    from dicom_node.transport import memoise_uid_validation
+
+    original = UID.is_valid
+    expected = original.fget(UID(value))  # type: ignore[attr-defined]
+    memoise_uid_validation()
+    try:
+        assert UID(value).is_valid is expected
+        assert UID(value).is_valid is expected  # cached
+    finally:
+        UID.is_valid = original  # type: ignore[method-assign]
