@@ -8,14 +8,20 @@ from typing import Any
 from appliance.config import load_config
 from appliance.yamlsource import ConfigError, ConfigProblem, load_yaml
 from engines.registry import engine_names
+from engines.segmentation.card import (
+    BREAST_CTV_CARD,
+    THORAX_CARD,
+    ModelCardError,
+    load_card,
+    verified_model_path,
+)
 from rules.matcher import load_rules
 from rules.schema import RuleSet
 
-_MODELS = Path(__file__).resolve().parents[1] / "config" / "models"
 # Pipeline steps that run a model card: (the job parameter naming it, the default card).
 MODEL_STEPS = {
-    "segment_onnx": ("segmentation_model", _MODELS / "thorax.yaml"),
-    "segment_ctv": ("ctv_model", _MODELS / "breast_ctv.yaml"),
+    "segment_onnx": ("segmentation_model", THORAX_CARD),
+    "segment_ctv": ("ctv_model", BREAST_CTV_CARD),
 }
 
 
@@ -73,8 +79,6 @@ def check_model_cards(
 ) -> list[ConfigProblem]:
     """Every model card a rule runs (the rule's ``params``, else the node config's
     ``engines:``, else the shipped default): valid card, model file present, sha256."""
-    from engines.segmentation.card import ModelCardError, load_card, verified_model_path
-
     problems: list[ConfigProblem] = []
     checked: set[Path] = set()
     for index, rule in enumerate(ruleset.rules):

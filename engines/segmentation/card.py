@@ -26,6 +26,11 @@ _AXES = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
 _CHUNK_BYTES = 1 << 20
 
 
+MODELS_DIR = Path(__file__).resolve().parents[2] / "config" / "models"
+THORAX_CARD = MODELS_DIR / "thorax.yaml"  # the shipped organ model (segment_onnx)
+BREAST_CTV_CARD = MODELS_DIR / "breast_ctv.yaml"  # the shipped context-aware CTV (segment_ctv)
+
+
 class ModelCardError(ValueError):
     """A card is unreadable or invalid, or its model file does not match it."""
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from engines.base import EngineContext, EngineError, Structure
 from engines.classical.body_lungs import segment_body
-from engines.segmentation.card import ModelCardError, OutputLabel
+from engines.segmentation.card import BREAST_CTV_CARD, ModelCardError, OutputLabel
 from engines.segmentation.context import (
     CONTEXT_LENGTH,
     BreastContext,
@@ -45,7 +45,7 @@ from engines.volume import CTVolume, VolumeError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CTV_CARD = Path(__file__).resolve().parents[2] / "config" / "models" / "breast_ctv.yaml"
+DEFAULT_CTV_CARD = BREAST_CTV_CARD
 PRIMARY_LABEL = "CTVp"
 NODAL_LABEL = "CTVn"
 

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from engines.base import EngineContext, EngineError, Structure
 from engines.classical.body_lungs import fill_holes_per_slice
-from engines.segmentation.card import ModelCardError, OutputLabel, Postprocess
+from engines.segmentation.card import THORAX_CARD, ModelCardError, OutputLabel, Postprocess
 from engines.segmentation.processing import (
     BoolArray,
     BoxMask,
@@ -44,7 +44,7 @@ from engines.volume import CTVolume, VolumeError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CARD = Path(__file__).resolve().parents[2] / "config" / "models" / "thorax.yaml"
+DEFAULT_CARD = THORAX_CARD
 
 
 class SegmentationEngine:
