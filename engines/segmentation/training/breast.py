@@ -63,6 +63,7 @@ from engines.segmentation.training.phantom import (
     FloatArray,
     LabelArray,
     render_slice,
+    sample_breast_pair,
     superellipse,
 )
 
@@ -184,7 +185,9 @@ class BreastCase:
         """The case of ``seed`` (same thorax as ``Anatomy.sample(seed)``, breasts forced)."""
         rng = np.random.default_rng([seed, 4242])
         base = Anatomy.sample(seed)
-        anatomy = replace(base, breasts=_sample_breasts(rng, base.body_ax, base.lung_height))
+        anatomy = replace(
+            base, breasts=sample_breast_pair(rng, base.body_ax, base.lung_height, min_size=0.2)
+        )
         scenario = Scenario.sample(rng)
         side = _sign(scenario.laterality)
         breast = anatomy.breasts[0 if side > 0 else 1]
@@ -216,29 +219,6 @@ class BreastCase:
 def _sign(laterality: Laterality) -> float:
     """+1 for left (patient left is +x in LPS), -1 for right."""
     return 1.0 if laterality == "left" else -1.0
-
-
-def _sample_breasts(
-    rng: np.random.Generator, body_ax: float, lung_height: float
-) -> tuple[Breast, Breast]:
-    """Two breasts (left first), as the thorax phantom draws them, never tiny."""
-    x = rng.uniform(0.35, 0.6) * body_ax
-    z = rng.uniform(0.2, 0.42) * lung_height
-    size = rng.uniform(0.2, 1.0)
-    out = []
-    for side in (1.0, -1.0):
-        out.append(
-            Breast(
-                x=side * (x + rng.uniform(-6, 6)),
-                z=z + rng.uniform(-6, 6),
-                rx=35 + 35 * size + rng.uniform(-4, 4),
-                rz=35 + 30 * size + rng.uniform(-4, 4),
-                depth=20 + 70 * size + rng.uniform(-5, 5),
-                sag=rng.uniform(0, 0.4) * size,
-                density=rng.uniform(0.45, 0.85),
-            )
-        )
-    return out[0], out[1]
 
 
 def _breast_centre_z(b: Breast) -> float:

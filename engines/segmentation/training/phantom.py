@@ -373,9 +373,16 @@ def _sample_breasts(
 ) -> tuple[Breast, ...]:
     if rng.random() >= 0.5:
         return ()
+    return sample_breast_pair(rng, body_ax, lung_height)
+
+
+def sample_breast_pair(
+    rng: np.random.Generator, body_ax: float, lung_height: float, min_size: float = 0.0
+) -> tuple[Breast, Breast]:
+    """Two breasts (left first) of one random size in [min_size, 1)."""
     x = rng.uniform(0.35, 0.6) * body_ax
     z = rng.uniform(0.2, 0.42) * lung_height
-    size = rng.uniform(0.0, 1.0)
+    size = rng.uniform(min_size, 1.0)
     out = []
     for side in (1.0, -1.0):
         out.append(
@@ -389,7 +396,7 @@ def _sample_breasts(
                 density=rng.uniform(0.45, 0.85),
             )
         )
-    return tuple(out)
+    return out[0], out[1]
 
 
 def _sample_vessels(rng: np.random.Generator, a: Anatomy) -> tuple[_Sphere, ...]:

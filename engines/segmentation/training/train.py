@@ -63,7 +63,7 @@ def load_samples(seeds: Sequence[int], work: Path, jobs: int) -> list[Sample]:
     if missing:
         logger.info("generating %d phantoms with %d processes", len(missing), jobs)
         start = time.perf_counter()
-        with multiprocessing.get_context("spawn").Pool(jobs, initializer=_worker_init) as pool:
+        with multiprocessing.get_context("spawn").Pool(jobs, initializer=one_torch_thread) as pool:
             for sample in pool.imap_unordered(_generate, missing):
                 np.savez(
                     _cache_path(work, sample.seed), image=sample.image, sub_labels=sample.sub_labels
@@ -81,7 +81,8 @@ def _load(work: Path, seed: int) -> Sample:
         return Sample(seed=seed, image=data["image"], sub_labels=data["sub_labels"])
 
 
-def _worker_init() -> None:
+def one_torch_thread() -> None:
+    """Pool initializer: one torch thread per phantom-generating process."""
     torch.set_num_threads(1)
 
 
@@ -169,7 +170,7 @@ def train(
     sampler = PatchSampler(samples, PATCH_SIZE, air_value(model_spec()), seed)
     loss_fn = DiceCELoss(softmax=True, include_background=False, batch=True)
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _lr_factor(step, steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: lr_factor(step, steps))
     history, running, start = [], 0.0, time.perf_counter()
     for step in range(1, steps + 1):
         images, targets = sampler.batch(batch)
@@ -195,7 +196,8 @@ def train(
     return network, history
 
 
-def _lr_factor(step: int, steps: int, warmup: int = 30) -> float:
+def lr_factor(step: int, steps: int, warmup: int = 30) -> float:
+    """Linear warm-up, then cosine decay to 2% of the base learning rate."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import multiprocessing
 import platform
 import sys
@@ -54,6 +53,7 @@ from engines.segmentation.training.ctv_data import (
     make_ctv_sample,
     model_spec,
 )
+from engines.segmentation.training.train import lr_factor, one_torch_thread
 
 logger = logging.getLogger("rtnode.train_ctv")
 
@@ -79,7 +79,7 @@ def load_samples(seeds: Sequence[int], work: Path, jobs: int) -> list[CTVSample]
     if missing:
         logger.info("generating %d breast cases with %d processes", len(missing), jobs)
         start = time.perf_counter()
-        with multiprocessing.get_context("spawn").Pool(jobs, initializer=_one_thread) as pool:
+        with multiprocessing.get_context("spawn").Pool(jobs, initializer=one_torch_thread) as pool:
             for sample in pool.imap_unordered(_generate, missing):
                 np.savez(_cache_path(work, sample.seed), image=sample.image, parts=sample.parts)
         logger.info("cases generated in %.0f s", time.perf_counter() - start)
@@ -94,10 +94,6 @@ def _load(work: Path, seed: int) -> CTVSample:
     with np.load(_cache_path(work, seed)) as data:
         scenario = BreastCase.sample(seed).scenario
         return CTVSample(seed=seed, scenario=scenario, image=data["image"], parts=data["parts"])
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def _generate(seed: int) -> CTVSample:
@@ -212,7 +208,7 @@ def train(
     sampler = CTVPatchSampler(samples, air_value(model_spec()), seed, multimodal)
     loss_fn = DiceCELoss(softmax=True, include_background=False, batch=True)
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: _lr_factor(step, steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: lr_factor(step, steps))
     history, running, start = [], 0.0, time.perf_counter()
     for step in range(1, steps + 1):
         images, targets, contexts = sampler.batch(1)
@@ -241,13 +237,6 @@ def train(
 
 def _context_length(multimodal: bool) -> int:
     return CONTEXT_LENGTH if multimodal else 0
-
-
-def _lr_factor(step: int, steps: int, warmup: int = 30) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 # --------------------------------------------------------------------------- command
