@@ -258,6 +258,7 @@ class Node:
         if self.scheduler.running:
             self.scheduler.shutdown(wait=True)
         self.pool.stop()
+        self.store.close()
         self.db.dispose()
 
     def _rule(self, name: str) -> Rule | None:

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -25,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # A new instance, or one whose spool file retention deleted (received again: it lives
 # again). A live row is left alone and changes nothing: the caller sees a duplicate.
-_INSERT_INSTANCE = text(
+_INSERT_INSTANCE_SQL = (
     "INSERT INTO instances (sop_instance_uid, sop_class_uid, study_uid, series_uid, patient_id,"
     " transfer_syntax, path, size_bytes, calling_ae, received_at) VALUES (:sop_instance_uid,"
     " :sop_class_uid, :study_uid, :series_uid, :patient_id, :transfer_syntax, :path,"
@@ -37,7 +39,7 @@ _INSERT_INSTANCE = text(
     " received_at = excluded.received_at, purged_at = NULL"
     " WHERE instances.purged_at IS NOT NULL"
 )
-_UPSERT_SERIES = text(
+_UPSERT_SERIES_SQL = (
     "INSERT INTO series (series_uid, study_uid, patient_id, attributes, state, complete_at,"
     " instance_count, generation, first_received_at, last_received_at) VALUES (:series_uid,"
     f" :study_uid, :patient_id, :attributes, '{SeriesState.RECEIVING}', NULL, 1, 0,"
@@ -135,6 +137,15 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._intake_lock = threading.Lock()
+        self._intake_conn: Any = None  # the DB-API connection add_instance keeps
+
+    def close(self) -> None:
+        """Give back the connection :meth:`add_instance` keeps (before disposing the engine)."""
+        with self._intake_lock:
+            if self._intake_conn is not None:
+                self._intake_conn.close()
+                self._intake_conn = None
 
     def _tx(self) -> AbstractContextManager[Session]:
         return transaction(self._engine)
@@ -154,18 +165,41 @@ class Store:
         """Index a stored instance and (re)open its series; raises DuplicateInstance.
 
         This runs once per received instance before the C-STORE status goes back, so it
-        uses two pre-built SQL statements in one transaction instead of the ORM.
+        runs two fixed SQL statements in one ``BEGIN IMMEDIATE`` transaction on a
+        DB-API connection kept for it (one of the engine's pooled connections, with the
+        same pragmas), instead of the ORM: ~0.1 ms instead of ~0.3-0.7 ms. Calls are
+        serialised by a lock (SQLite has one writer anyway).
         """
         values = {**_instance_values(rec, now), "attributes": json.dumps(rec.attributes)}
-        try:
-            with self._engine.begin() as conn:
-                if conn.execute(_INSERT_INSTANCE, values).rowcount == 0:
-                    raise DuplicateInstance(rec.sop_instance_uid)
-                conn.execute(_UPSERT_SERIES, values)
-        except IntegrityError as exc:
-            raise DuplicateInstance(rec.sop_instance_uid) from exc
-        except SQLAlchemyError as exc:
-            raise StoreError(str(exc)) from exc
+        with self._intake_lock:
+            try:
+                conn = self._intake_connection()
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if conn.execute(_INSERT_INSTANCE_SQL, values).rowcount == 0:
+                        raise DuplicateInstance(rec.sop_instance_uid)
+                    conn.execute(_UPSERT_SERIES_SQL, values)
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                raise DuplicateInstance(rec.sop_instance_uid) from exc
+            except (sqlite3.Error, SQLAlchemyError) as exc:
+                self._drop_intake_connection()
+                raise StoreError(str(exc)) from exc
+
+    def _intake_connection(self) -> Any:
+        if self._intake_conn is None:
+            self._intake_conn = self._engine.raw_connection()
+        return self._intake_conn.driver_connection
+
+    def _drop_intake_connection(self) -> None:
+        if self._intake_conn is not None:
+            try:
+                self._intake_conn.invalidate()
+            finally:
+                self._intake_conn = None
 
     def schedule_completion(self, series_uid: str, at: datetime) -> None:
         """Arm (or re-arm) the quiet-window timer of a receiving series."""

@@ -10,20 +10,31 @@ accepted association. Behaviour is otherwise pynetdicom's own.
 from __future__ import annotations
 
 import functools
+import io
 import logging
+import os
 import queue
 import re
+import secrets
 import socket
 import struct
+import tempfile
+import threading
+from io import BytesIO
+from pathlib import Path
 from typing import Any, cast
 
 from pydicom.uid import RE_VALID_UID, UID
-from pynetdicom import evt
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE, DimsePrimitiveType
+from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT, DimsePrimitiveType
+from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
+from pynetdicom.utils import make_target
 
 logger = logging.getLogger(__name__)
 
@@ -140,12 +151,146 @@ def _ui(element: int, uid: str) -> bytes:
     return struct.pack("<HHI", 0x0000, element, len(value)) + value
 
 
+def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group of a received instance.
+
+    The same bytes as pynetdicom's ``write_file_meta_info(create_file_meta(...))`` (its
+    implementation class UID and version name), without building a pydicom dataset:
+    about 0.4 ms per instance less.
+    """
+    elements = b"".join(
+        (
+            _meta_element(0x0001, b"OB", b"\x00\x01"),
+            _meta_element(0x0002, b"UI", _padded_uid(sop_class_uid)),
+            _meta_element(0x0003, b"UI", _padded_uid(sop_instance_uid)),
+            _meta_element(0x0010, b"UI", _padded_uid(transfer_syntax)),
+            _meta_element(0x0012, b"UI", _padded_uid(PYNETDICOM_IMPLEMENTATION_UID)),
+            _meta_element(0x0013, b"SH", _padded_text(PYNETDICOM_IMPLEMENTATION_VERSION)),
+        )
+    )
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(elements))
+    return b"\x00" * 128 + b"DICM" + group_length + elements
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", 0x0002, element, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _padded_uid(uid: str) -> bytes:
+    value = str(uid).encode("ascii")
+    return value + b"\x00" if len(value) % 2 else value
+
+
+def _padded_text(text: str) -> bytes:
+    value = text.encode("ascii")
+    return value + b" " if len(value) % 2 else value
+
+
+def _new_dataset_file() -> io.FileIO:
+    """An unbuffered new file in ``tempfile``'s directory (the node points it at the
+    spool's ``.incoming`` folder): written straight through, one ``write`` per fragment."""
+    folder = tempfile.gettempdir()
+    while True:
+        path = os.path.join(folder, f"rx{secrets.token_hex(8)}.dcm")
+        try:
+            return io.FileIO(path, "xb")
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
+
+
+def _write_all(file: io.FileIO, data: memoryview) -> None:
+    while data:
+        written = file.write(data)
+        data = data[written or 0 :]
+
+
+def decode_fragments(message: DIMSEMessage, primitive: P_DATA, assoc: Association) -> bool:
+    """pynetdicom's ``DIMSEMessage.decode_msg`` (3.0), with a faster chunked C-STORE path.
+
+    Same states, attributes and results: the command set is decoded by pynetdicom, the
+    message becomes its DIMSE class, and with ``STORE_RECV_CHUNKED_DATASET`` a C-STORE
+    data set goes to a file that starts with the File Meta Information. Differences:
+    the file meta is hand-encoded (:func:`encode_file_meta`) and the file is an
+    unbuffered ``FileIO`` written from views of the fragments (no per-fragment copy,
+    wrapper or flush). Returns True when the message is complete.
+    """
+    for context_id, data in primitive.presentation_data_value_list:
+        control = data[0]
+        if control & 1:  # command set fragment
+            message.encoded_command_set.write(data[1:])
+            if control & 2:  # the last one: decode the command set
+                message.context_id = context_id
+                command = decode(message.encoded_command_set, True, True)
+                message.command_set = command
+                message.__class__ = _MESSAGE_TYPES[cast(int, command.CommandField)][1]
+                if command.CommandDataSetType == 0x0101:
+                    return True  # no data set
+                if pynetdicom_config.STORE_RECV_CHUNKED_DATASET and isinstance(message, C_STORE_RQ):
+                    syntax = assoc._accepted_cx[context_id].transfer_syntax[0]
+                    file = _new_dataset_file()
+                    message._data_set_file = cast(Any, file)
+                    message._data_set_path = Path(cast(str, file.name))
+                    _write_all(
+                        file,
+                        memoryview(
+                            encode_file_meta(
+                                str(command.AffectedSOPClassUID),
+                                str(command.AffectedSOPInstanceUID),
+                                str(syntax),
+                            )
+                        ),
+                    )
+        else:  # data set fragment
+            target = cast(io.FileIO | None, message._data_set_file)
+            if target is not None:
+                _write_all(target, memoryview(data)[1:])
+            else:
+                cast(BytesIO, message.data_set).write(data[1:])
+            if control & 2:
+                return True
+    return False
+
+
 class FastDIMSE(DIMSEServiceProvider):
-    """Sends C-STORE responses from a hand-encoded command set (see above).
+    """Sends C-STORE responses from a hand-encoded command set (see above) and decodes
+    received fragments with :func:`decode_fragments`.
 
     pynetdicom encodes every response through pydicom's generic writer (~1 ms of CPU
     per instance here); the bytes produced are identical.
     """
+
+    def receive_primitive(self, primitive: P_DATA) -> None:
+        """pynetdicom 3.0's ``receive_primitive``, decoding with :func:`decode_fragments`."""
+        if self.message is None:
+            self.message = DIMSEMessage()
+        if not decode_fragments(self.message, primitive, self.assoc):
+            return
+        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
+        context_id = cast(int, self.message.context_id)
+        try:
+            d_primitive = self.message.message_to_primitive()
+        except Exception as exc:
+            logger.error("Received an invalid DIMSE message")
+            logger.exception(exc)
+            self.dul.event_queue.put("Evt19")
+            return
+        if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
+            self.cancel_req[cast(int, d_primitive.MessageIDBeingRespondedTo)] = d_primitive
+        elif isinstance(d_primitive, N_EVENT_REPORT) and d_primitive.is_valid_request:
+            # served at once, as pynetdicom does (it would block the DUL otherwise)
+            threading.Thread(
+                target=make_target(self.assoc._serve_request), args=(d_primitive, context_id)
+            ).start()
+        else:
+            self.msg_queue.put((context_id, cast(Any, d_primitive)))
+        message = self.message  # reset, as pynetdicom does (its issue #41)
+        message.encoded_command_set = BytesIO()
+        message.data_set = BytesIO()
+        message._data_set_file = None
+        message._data_set_path = None
+        self.message = None
 
     def send_msg(self, primitive: DimsePrimitiveType, context_id: int) -> None:
         encoded = None

@@ -247,3 +247,32 @@ def test_unexpected_error_answers_a_failure_and_is_audited(
     assert send(_port(node), [make_ct_series(n_slices=1, rows=16, cols=16).datasets[0]]) == [
         status.PROCESSING_FAILURE
     ]  # the node keeps answering
+
+
+def test_index_insert_reports_duplicates_and_recovers_from_a_broken_connection(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    from appliance.db import create_engine, migrate
+    from appliance.store import DuplicateInstance, InstanceRecord, Store, StoreError
+
+    engine = create_engine(tmp_path / "db.sqlite3")
+    migrate(engine)
+    store = Store(engine)
+
+    def record(uid: str) -> InstanceRecord:
+        return InstanceRecord(
+            uid, "1.2.840.10008.5.1.4.1.1.2", "1.2", "1.2.3", "P", "", "/x", 1, "TPS"
+        )
+
+    try:
+        store.add_instance(record("1.2.3.1"), clock.now())
+        with pytest.raises(DuplicateInstance):
+            store.add_instance(record("1.2.3.1"), clock.now())
+        store._intake_connection().close()  # e.g. the database went away underneath
+        with pytest.raises(StoreError):
+            store.add_instance(record("1.2.3.2"), clock.now())
+        store.add_instance(record("1.2.3.2"), clock.now())  # a fresh connection
+        assert store.has_instance("1.2.3.1") and store.has_instance("1.2.3.2")
+    finally:
+        store.close()
+        engine.dispose()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 from pynetdicom.dimse_messages import C_STORE_RSP
@@ -84,3 +86,85 @@ def test_memoised_uid_validation_answers_as_pydicom(value: str) -> None:
         assert UID(value).is_valid is expected  # cached
     finally:
         UID.is_valid = original  # type: ignore[method-assign]
+
+
+def _store_fragments(dataset_bytes: bytes, max_pdu: int) -> list[Any]:
+    """The P-DATA primitives pynetdicom's SCU would send for one C-STORE-RQ."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_messages import C_STORE_RQ
+
+    req = C_STORE()
+    req.MessageID = 7
+    req.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    req.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.12345"
+    req.Priority = 0
+    req.DataSet = BytesIO(dataset_bytes)
+    message = C_STORE_RQ()
+    message.primitive_to_message(req)
+    return list(message.encode_msg(1, max_pdu))
+
+
+class _Context:
+    transfer_syntax = ["1.2.840.10008.1.2.1"]
+
+
+class _Assoc:
+    _accepted_cx = {1: _Context()}
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16384, 1000])
+def test_decode_fragments_writes_the_same_file_as_pynetdicom(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_pdu: int
+) -> None:
+    import tempfile
+
+    from pynetdicom import _config
+    from pynetdicom.dimse_messages import DIMSEMessage
+
+    from dicom_node.transport import decode_fragments
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", True)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dataset = bytes(range(256)) * 300 + b"end"
+    results = []
+    for decoder in (DIMSEMessage.decode_msg, decode_fragments):
+        message = DIMSEMessage()
+        done = [decoder(message, p, _Assoc()) for p in _store_fragments(dataset, max_pdu)]
+        assert done[-1] and not any(done[:-1])
+        primitive = message.message_to_primitive()
+        message._data_set_file.close()  # type: ignore[union-attr]
+        results.append((type(message).__name__, primitive, Path(primitive._dataset_path)))
+    (name_a, a, path_a), (name_b, b, path_b) = results
+    assert name_a == name_b == "C_STORE_RQ"
+    assert path_a != path_b and path_b.parent == tmp_path
+    assert path_b.read_bytes() == path_a.read_bytes()
+    assert path_b.read_bytes().endswith(dataset)
+    for keyword in ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority"):
+        assert getattr(a, keyword) == getattr(b, keyword)
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "sop_instance", "syntax"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4", "1.2.840.10008.1.2"),
+        ("1.2.840.10008.5.1.4.1.1.481.3", "1.2.3.45", "1.2.840.10008.1.2.4.50"),
+    ],
+)
+def test_file_meta_bytes_equal_pynetdicom(sop_class: str, sop_instance: str, syntax: str) -> None:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import create_file_meta
+
+    from dicom_node.transport import encode_file_meta
+
+    fp = DicomBytesIO()
+    fp.write(b"\x00" * 128 + b"DICM")
+    meta = create_file_meta(
+        sop_class_uid=UID(sop_class),
+        sop_instance_uid=UID(sop_instance),
+        transfer_syntax=UID(syntax),
+    )
+    write_file_meta_info(fp, meta)
+    assert encode_file_meta(sop_class, sop_instance, syntax) == fp.getvalue()
