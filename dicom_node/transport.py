@@ -9,6 +9,7 @@ accepted association. Behaviour is otherwise pynetdicom's own.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import logging
@@ -16,10 +17,12 @@ import os
 import queue
 import re
 import secrets
+import select
 import socket
 import struct
 import tempfile
 import threading
+import time
 from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +35,8 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT, DimsePrimitiveType
 from pynetdicom.dsutils import decode
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
@@ -43,6 +48,9 @@ _MAX_CHUNK = 1 << 20
 # each C-STORE waits on it once, so a shorter delay is a direct per-instance saving.
 _DUL_IDLE_DELAY_S = 0.0002
 _REACTOR_POLL_S = 0.005
+# The longest the event-driven DUL loop waits without a wake-up: its timers (ARTIM) and
+# events other threads queue directly are noticed within this.
+_DUL_MAX_WAIT_S = 0.01
 
 
 class FastAssociationSocket(AssociationSocket):
@@ -305,6 +313,117 @@ class FastDIMSE(DIMSEServiceProvider):
         self.dul.send_pdu(pdata)
 
 
+class FastDUL(DULServiceProvider):
+    """pynetdicom's DUL reactor, waking on events instead of polling every 0.2-1 ms.
+
+    pynetdicom's loop sleeps ``_run_loop_delay`` whenever it has nothing to do and then
+    polls the socket and its queues, so every incoming PDU and every outgoing C-STORE
+    response waits for the next pass, and the idle thread wakes thousands of times a
+    second (taking the GIL from the thread that stores the instance). Here the idle
+    wait is a ``select`` on the peer's socket and a wake-up pipe that ``send_pdu`` and
+    ``kill_dul`` write to, bounded by ``_DUL_MAX_WAIT_S`` so that timers and directly
+    queued events are still seen. The loop body is pynetdicom 3.0's, unchanged.
+    """
+
+    _wake_r: int = -1
+    _wake_w: int = -1
+    _wake_lock: threading.Lock
+
+    def enable_wakeups(self) -> None:
+        """Create the wake-up pipe and point the thread at this class's reactor (before
+        the thread starts; pynetdicom binds the thread's target in ``__init__``)."""
+        self._target = make_target(self.run_reactor)
+        self._wake_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def _wake(self) -> None:
+        # under the lock: a closed descriptor's number may already belong to another file
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending
+                    os.write(self._wake_w, b"\x01")
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        self._wake()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._wake()
+
+    def _wait_for_work(self) -> None:
+        """Until the socket is readable, a wake-up arrives or ``_DUL_MAX_WAIT_S`` passes."""
+        sock = getattr(self.socket, "socket", None)
+        if self._wake_r < 0 or sock is None or getattr(sock, "pending", lambda: 0)():
+            time.sleep(self._run_loop_delay)  # no pipe, no socket, or TLS data buffered
+            return
+        try:
+            ready, _, _ = select.select([sock, self._wake_r], [], [], _DUL_MAX_WAIT_S)
+        except (OSError, ValueError):  # the socket was closed meanwhile
+            time.sleep(self._run_loop_delay)
+            return
+        if self._wake_r in ready:
+            with contextlib.suppress(BlockingIOError):  # drained
+                while os.read(self._wake_r, 4096):
+                    pass
+
+    def _close_wakeups(self) -> None:
+        if self._wake_r < 0:
+            return
+        with self._wake_lock:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_r = self._wake_w = -1
+
+    def run_reactor(self) -> None:
+        """pynetdicom 3.0's ``DULServiceProvider.run_reactor`` with :meth:`_wait_for_work`
+        as its idle wait."""
+        try:
+            self._run_reactor_loop()
+        finally:
+            self._close_wakeups()
+
+    def _run_reactor_loop(self) -> None:
+        self._idle_timer.start()
+        sleep = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+            if sleep:
+                self._wait_for_work()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                logger.error("Exception in DUL.run(), aborting association")
+                logger.exception(exc)
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                cast(AssociationSocket, self.socket).send(abort_pdu.encode())
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+            self.state_machine.do_action(event)
+            sleep = False
+
+
 class FastRequestHandler(RequestHandler):
     """pynetdicom's request handler, with the fast socket and TCP_NODELAY."""
 
@@ -314,6 +433,9 @@ class FastRequestHandler(RequestHandler):
         if isinstance(client, socket.socket):
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         assoc.dul._run_loop_delay = _DUL_IDLE_DELAY_S
+        if type(assoc.dul) is DULServiceProvider:
+            assoc.dul.__class__ = FastDUL
+            cast(FastDUL, assoc.dul).enable_wakeups()
         if type(assoc) is Association:
             assoc.__class__ = FastAssociation
         if type(assoc.dimse) is DIMSEServiceProvider:

@@ -166,12 +166,26 @@ def ingest_node(work: Path, files: list[Path], run: int) -> Transfer:
     node = RtNode(cfg, work / f"var-{run}", free_port(), free_port(), work / f"node-{run}.log")
     node.start()
     try:
+        wait_settled(node)
         seconds = timed_push(node.port, "RTNODE", files)
         received = len(node.spool_sop_uids())
     finally:
         node.stop()
     shutil.rmtree(node.data_dir, ignore_errors=True)
     return Transfer("rtnode serve", seconds, received, _size(files))
+
+
+def wait_settled(node: RtNode, timeout_s: float = 120.0) -> None:
+    """Until the node's worker process has loaded its engines (its "worker N ready" log
+    line), plus a second: a node in service has long finished starting, and the
+    worker's start-up (imports, model loading) would otherwise share the 2 CPUs with
+    the push being timed."""
+    wait_for(
+        lambda: re.search(r"worker \d+ ready", node.log()) is not None,
+        timeout_s,
+        "the node's worker to load its engines",
+    )
+    time.sleep(1.0)
 
 
 def _size(files: list[Path]) -> int:

@@ -168,3 +168,39 @@ def test_file_meta_bytes_equal_pynetdicom(sop_class: str, sop_instance: str, syn
     )
     write_file_meta_info(fp, meta)
     assert encode_file_meta(sop_class, sop_instance, syntax) == fp.getvalue()
+
+
+def test_acceptor_dul_is_event_driven_and_closes_its_wakeup_pipe() -> None:
+    from pynetdicom import AE, evt
+
+    from dicom_node.transport import FastDUL, make_server
+
+    seen: list[Any] = []
+
+    def on_echo(event: Any) -> int:
+        seen.append(event.assoc.dul)
+        return 0x0000
+
+    scp = AE(ae_title="NODE")
+    scp.add_supported_context("1.2.840.10008.1.1")
+    server = make_server(scp, ("127.0.0.1", 0), [(evt.EVT_C_ECHO, on_echo)])
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context("1.2.840.10008.1.1")
+        for _ in range(3):
+            assoc = scu.associate("127.0.0.1", server.server_address[1], ae_title="NODE")
+            assert assoc.is_established
+            assert assoc.send_c_echo().Status == 0x0000
+            assoc.release()
+            assert assoc.is_released
+        for dul in seen:
+            dul.join(5)
+            assert isinstance(dul, FastDUL)
+            assert not dul.is_alive()
+            assert dul._wake_r == dul._wake_w == -1  # pipe closed when the loop ended
+            dul._wake()  # a late wake-up after the end is harmless
+    finally:
+        server.shutdown()
+        server.server_close()
