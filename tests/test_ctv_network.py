@@ -117,3 +117,26 @@ def test_hd95_matches_monai_with_anisotropic_spacing() -> None:
     assert hd95_mm(a, a, spacing) == 0.0
     assert hd95_mm(a, np.zeros_like(a), spacing) == float("inf")
     assert dice(a, a) == 1.0 and dice(a, ~a) == 0.0
+
+
+def test_training_loss_leaves_out_the_dice_of_classes_absent_from_the_patch() -> None:
+    from engines.segmentation.training.losses import present_dice_ce
+
+    targets = torch.zeros(1, 3, 4, 4, 4)
+    targets[:, 0] = 1.0
+    targets[0, 0, :2] = 0.0
+    targets[0, 1, :2] = 1.0  # primary present in half the patch, no nodes
+    perfect = (targets * 20.0 - 10.0).requires_grad_(True)
+    loss = present_dice_ce(perfect, targets)
+    # near zero: the absent nodes class adds no Dice term of 1
+    assert float(loss) < 0.01
+    loss.backward()
+    assert perfect.grad is not None
+    # a wrong primary costs its Dice term too
+    wrong = torch.zeros_like(targets)
+    wrong[:, 0] = 10.0
+    assert float(present_dice_ce(wrong, targets)) > 1.0
+    # nothing in the foreground: cross-entropy only
+    background = torch.zeros_like(targets)
+    background[:, 0] = 1.0
+    assert float(present_dice_ce(background * 20.0 - 10.0, background)) < 0.01
