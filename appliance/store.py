@@ -167,8 +167,9 @@ class Store:
         This runs once per received instance before the C-STORE status goes back, so it
         runs two fixed SQL statements in one ``BEGIN IMMEDIATE`` transaction on a
         DB-API connection kept for it (one of the engine's pooled connections, with the
-        same pragmas), instead of the ORM: ~0.1 ms instead of ~0.3-0.7 ms. Calls are
-        serialised by a lock (SQLite has one writer anyway).
+        same pragmas) instead of through SQLAlchemy: 0.17-0.27 ms instead of 0.6-0.8 ms per
+        instance in the running node. Calls are serialised by a lock (SQLite has one
+        writer anyway).
         """
         values = {**_instance_values(rec, now), "attributes": json.dumps(rec.attributes)}
         with self._intake_lock:
