@@ -11,28 +11,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
-COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
+from engines.dicom_output import COMPREHENSIVE_SR_STORAGE, copy_patient_study, new_file_meta
+
 SCHEME = "99RTNODE"  # private coding scheme of this product
 COMMENT = ("121106", "DCM", "Comment")
 UTF8 = "ISO_IR 192"  # names, notes and summaries may hold any character
 Concept = tuple[str, str, str]  # code value, coding scheme designator, code meaning
 
-# Patient and study attributes of type 2 in the SR IODs: copied, empty when absent.
-_PATIENT_STUDY_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
 _OPTIONAL = ("StudyDescription",)
 
 
@@ -48,14 +37,9 @@ def sr_header(
     document title and no content yet."""
     ds = Dataset()
     sop_uid = generate_uid()
-    ds.file_meta = file_meta(sop_uid)
+    ds.file_meta = new_file_meta(COMPREHENSIVE_SR_STORAGE, sop_uid)
     ds.SpecificCharacterSet = UTF8
-    for keyword in _PATIENT_STUDY_TYPE2:
-        setattr(ds, keyword, source[keyword].value if keyword in source else "")
-    for keyword in _OPTIONAL:
-        if keyword in source:
-            setattr(ds, keyword, source[keyword].value)
-    ds.StudyInstanceUID = source.StudyInstanceUID
+    copy_patient_study(ds, source, _OPTIONAL)
     ds.SOPClassUID, ds.SOPInstanceUID = COMPREHENSIVE_SR_STORAGE, sop_uid
     ds.Modality = "SR"
     ds.SeriesInstanceUID = generate_uid()
@@ -74,15 +58,6 @@ def sr_header(
     ds.ConceptNameCodeSequence = Sequence([code(*title)])
     ds.ContinuityOfContent = "SEPARATE"
     return ds
-
-
-def file_meta(sop_uid: UID) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(COMPREHENSIVE_SR_STORAGE)
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    return meta
 
 
 def code(value: str, scheme: str, meaning: str) -> Dataset:

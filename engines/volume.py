@@ -18,7 +18,8 @@ import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+from engines.dicom_output import CT_IMAGE_STORAGE
+
 _POSITION_TOLERANCE_MM = 0.05
 _AXIAL_MIN_COSINE = 0.99
 

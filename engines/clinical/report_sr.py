@@ -15,6 +15,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from engines.dicom_output import CT_IMAGE_STORAGE
 from engines.sr import (
     COMMENT,
     COMPREHENSIVE_SR_STORAGE,
@@ -28,7 +29,6 @@ from engines.sr import (
 
 __all__ = ["COMPREHENSIVE_SR_STORAGE", "make_clinical_sr"]
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 TITLE = ("RTSTRAT", SCHEME, "Radiotherapy strategy from clinical text")
 SUMMARY = ("CLSUMM", SCHEME, "Clinical summary")
 FACTS = ("CLFACTS", SCHEME, "Clinical facts")

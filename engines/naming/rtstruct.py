@@ -17,11 +17,11 @@ from datetime import datetime
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from engines.dicom_output import RT_STRUCTURE_SET_STORAGE
 from engines.naming.decision import ABSTAIN, Decision
 
 logger = logging.getLogger(__name__)
 
-RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 DRAFT_LABEL = "TG263 AI DRAFT"  # StructureSetLabel (SH, 16 characters at most)
 DRAFT_DESCRIPTION = "TG-263 renamed AI draft - review before clinical use"
 SERIES_DESCRIPTION = "TG-263 renamed (AI draft)"

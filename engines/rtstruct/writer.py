@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from engines.base import Structure
+from engines.dicom_output import RT_STRUCTURE_SET_STORAGE, copy_patient_study, new_file_meta
 from engines.rtstruct._rtutils import ds_helper
 from engines.rtstruct.contours import (
     SIMPLIFY_TOLERANCE_PX,
@@ -47,21 +48,9 @@ from engines.volume import CTVolume
 
 logger = logging.getLogger(__name__)
 
-RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 DRAFT_DESCRIPTION = "AI DRAFT - REVIEW REQUIRED"
 _CONTOUR_DATA = 0x30060050
 
-_PATIENT_STUDY_TYPE2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "StudyID",
-    "AccessionNumber",
-    "ReferringPhysicianName",
-)
 _PATIENT_STUDY_OPTIONAL = (
     "IssuerOfPatientID",
     "PatientAge",
@@ -210,7 +199,7 @@ def _fixed_header(ds: Dataset, ct: CTVolume, options: RTStructOptions) -> Datase
         if keyword in ds:
             del ds[keyword]
     sop_uid = options.sop_instance_uid or generate_uid()
-    ds.file_meta = _file_meta(sop_uid)
+    ds.file_meta = new_file_meta(RT_STRUCTURE_SET_STORAGE, sop_uid)
     ds.SOPClassUID, ds.SOPInstanceUID = RT_STRUCTURE_SET_STORAGE, sop_uid
     _copy_patient_study(ds, ct.headers[0])
     _copy_frame_of_reference(ds, ct.headers[0])
@@ -219,24 +208,9 @@ def _fixed_header(ds: Dataset, ct: CTVolume, options: RTStructOptions) -> Datase
     return ds
 
 
-def _file_meta(sop_uid: str) -> FileMetaDataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(RT_STRUCTURE_SET_STORAGE)
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = "RTNODE"
-    return meta
-
-
 def _copy_patient_study(ds: Dataset, ct_header: Dataset) -> None:
     ds.SpecificCharacterSet = ct_header.get("SpecificCharacterSet", "ISO_IR 100")
-    ds.StudyInstanceUID = ct_header.StudyInstanceUID
-    for keyword in _PATIENT_STUDY_TYPE2:
-        setattr(ds, keyword, ct_header[keyword].value if keyword in ct_header else "")
-    for keyword in _PATIENT_STUDY_OPTIONAL:
-        if keyword in ct_header and ct_header[keyword].value not in (None, ""):
-            setattr(ds, keyword, ct_header[keyword].value)
+    copy_patient_study(ds, ct_header, _PATIENT_STUDY_OPTIONAL)
 
 
 def _copy_frame_of_reference(ds: Dataset, ct_header: Dataset) -> None:

@@ -12,10 +12,9 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 
+from engines.dicom_output import CT_IMAGE_STORAGE
 from engines.segmentation.training.data import acquisition_geometry
 from engines.segmentation.training.phantom import Acquisition, FloatArray
-
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 
 def ct_datasets(
