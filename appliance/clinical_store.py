@@ -7,6 +7,7 @@ per operation, as in :mod:`appliance.store`; back-end errors become :class:`Stor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -85,6 +86,17 @@ def _same_case(model: Any, patient_id: str, study_uid: str, accession: str) -> C
     if not patient_id or not either:
         return false()
     return and_(model.patient_id == patient_id, or_(*either))
+
+
+def _case_documents(
+    s: Session, patient_id: str, study_uid: str, accession: str
+) -> Sequence[ClinicalDocumentRow]:
+    """The documents of one case (see :func:`_same_case`), oldest first."""
+    return s.scalars(
+        select(ClinicalDocumentRow)
+        .where(_same_case(ClinicalDocumentRow, patient_id, study_uid, accession))
+        .order_by(ClinicalDocumentRow.id)
+    ).all()
 
 
 class ClinicalStore:
@@ -175,15 +187,7 @@ class ClinicalStore:
                 text_deadline=deadline,
                 fallback_pipeline=fallback,
             )
-            docs = s.scalars(
-                select(ClinicalDocumentRow)
-                .where(
-                    _same_case(
-                        ClinicalDocumentRow, job.patient_id, job.study_uid, job.accession_number
-                    )
-                )
-                .order_by(ClinicalDocumentRow.id)
-            ).all()
+            docs = _case_documents(s, job.patient_id, job.study_uid, job.accession_number)
             for doc in docs:  # a new one stays new: the tick still offers it to other jobs
                 if doc.state != DocumentState.NEW:
                     doc.state = DocumentState.JOINED
@@ -239,15 +243,7 @@ class ClinicalStore:
             ).first()
             if newer is not None:
                 return None
-            docs = s.scalars(
-                select(ClinicalDocumentRow)
-                .where(
-                    _same_case(
-                        ClinicalDocumentRow, old.patient_id, old.study_uid, old.accession_number
-                    )
-                )
-                .order_by(ClinicalDocumentRow.id)
-            ).all()
+            docs = _case_documents(s, old.patient_id, old.study_uid, old.accession_number)
             if not docs:
                 return None
             for doc in docs:

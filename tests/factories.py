@@ -26,6 +26,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from engines.segmentation.training.phantom import Acquisition, Anatomy
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
@@ -1026,6 +1028,15 @@ def minimal_pdf(text: str) -> bytes:
 
 
 # --------------------------------------------------------------------------- assertions
+
+
+def breast_ct_acquisition(anatomy: Anatomy, seed: int) -> Acquisition:
+    """A 256 x 256 (1.8 mm) acquisition of a breast phantom, 5 mm slices from 20 mm below
+    the breasts to 70 mm above the lung apex, noise 15 HU."""
+    xs = ((np.arange(256) - 127.5) * 1.8).astype(np.float32)
+    low = min(b.z - b.sag * b.rz - b.rz for b in anatomy.breasts) - 20.0
+    zs = np.arange(low, anatomy.apex_z + 70.0, 5.0, dtype=np.float32)
+    return Acquisition(xs=xs, ys=xs.copy(), zs=zs, noise_hu=15.0, noise_seed=seed)
 
 
 def dice(a: BoolArray, b: BoolArray) -> float:

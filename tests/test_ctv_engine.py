@@ -21,8 +21,7 @@ from engines.segmentation.context import breast_context
 from engines.segmentation.ctv_engine import DEFAULT_CTV_CARD, ContextCTVEngine
 from engines.segmentation.training.breast import BreastCase, Scenario, ctv_labels, scan_case
 from engines.segmentation.training.dicom import ct_datasets, write_ct
-from engines.segmentation.training.phantom import Acquisition
-from tests.factories import dice
+from tests.factories import breast_ct_acquisition, dice
 
 SEED = 3_100_002  # not a training (0..N-1) nor an evaluation seed (3 000 000..)
 
@@ -33,11 +32,7 @@ def phantom(
 ) -> tuple[list[Path], BreastCase, np.ndarray, np.ndarray, Path]:
     base = BreastCase.sample(SEED)
     case = replace(base, scenario=Scenario("left", "BCS", "N0"))
-    a = case.anatomy
-    xs = ((np.arange(256) - 127.5) * 1.8).astype(np.float32)
-    low = min(b.z - b.sag * b.rz - b.rz for b in a.breasts) - 20.0
-    zs = np.arange(low, a.apex_z + 70.0, 5.0, dtype=np.float32)
-    acq = Acquisition(xs=xs, ys=xs.copy(), zs=zs, noise_hu=15.0, noise_seed=SEED)
+    acq = breast_ct_acquisition(case.anatomy, SEED)
     hu, truth, bits = scan_case(case, acq, with_ctv=True)
     assert bits is not None
     directory = tmp_path_factory.mktemp("ctv_phantom")

@@ -20,7 +20,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 import pytest
 import yaml
@@ -28,8 +27,7 @@ from pydicom.dataset import Dataset
 
 from engines.segmentation.training.breast import BreastCase, Scenario, scan_case
 from engines.segmentation.training.dicom import ct_datasets, write_ct
-from engines.segmentation.training.phantom import Acquisition
-from tests.factories import make_text_sr, write_dataset
+from tests.factories import breast_ct_acquisition, make_text_sr, write_dataset
 from tests.integration.conftest import (
     REPO,
     SHIPPED,
@@ -58,11 +56,7 @@ def _breast_ct(directory: Path, patient_id: str) -> list[Path]:
     """A 256 x 256 (1.8 mm) breast phantom CT, 5 mm slices from below the breasts to the
     neck, for a patient with a left breast cancer after breast-conserving surgery."""
     case = replace(BreastCase.sample(SEED), scenario=Scenario("left", "BCS", "N1"))
-    anatomy = case.anatomy
-    xs = ((np.arange(256) - 127.5) * 1.8).astype(np.float32)
-    low = min(b.z - b.sag * b.rz - b.rz for b in anatomy.breasts) - 20.0
-    zs = np.arange(low, anatomy.apex_z + 70.0, 5.0, dtype=np.float32)
-    acq = Acquisition(xs=xs, ys=xs.copy(), zs=zs, noise_hu=15.0, noise_seed=SEED)
+    acq = breast_ct_acquisition(case.anatomy, SEED)
     hu, _, _ = scan_case(case, acq, with_ctv=False)
     return write_ct(ct_datasets(hu, acq, patient_id=patient_id), directory)
 
