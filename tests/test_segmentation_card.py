@@ -68,6 +68,15 @@ def test_every_problem_is_listed(tmp_path: Path) -> None:
     assert "indices [5] outside 1..2" in message
 
 
+def test_label_threshold_is_a_probability_between_0_and_1() -> None:
+    outputs = card_dict()["outputs"]
+    assert ModelCard.model_validate(card_dict()).outputs.labels[0].threshold == 0.5
+    for bad in (0.0, 1.0, 1.5):
+        outputs["labels"][0]["threshold"] = bad
+        with pytest.raises(ValueError, match="threshold"):
+            ModelCard.model_validate(card_dict(outputs=outputs))
+
+
 def test_unknown_keys_and_types_are_refused() -> None:
     with pytest.raises(ValueError, match="Extra inputs are not permitted"):
         ModelCard.model_validate(card_dict(colour="red"))

@@ -24,9 +24,10 @@ from onnx import TensorProto, helper
 from engines.base import EngineContext, EngineError
 from engines.segmentation import runtime as runtime_module
 from engines.segmentation.card import ModelCard, ModelCardError, file_sha256, write_card
-from engines.segmentation.engine import SegmentationEngine
+from engines.segmentation.engine import SegmentationEngine, segment_ct
 from engines.segmentation.export import export_model
 from engines.segmentation.network import ResidualUNet
+from engines.segmentation.processing import BoxMask, VolumeGeometry
 from engines.segmentation.runtime import (
     CPU,
     CUDA,
@@ -270,3 +271,123 @@ def test_required_extra_input_missing_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs extra input 'context'"):
         runtime.predictor()
     assert runtime.predictor({"context": np.zeros(4)}) is not None
+
+
+# --------------------------------------------------------------------------- test-time mirroring
+
+
+def make_sided_model(directory: Path, *, mirror: dict[str, Any] | None) -> Path:
+    """A model that is not mirror-symmetric: channel k's logit is the image shifted one
+    voxel along x times a weight, plus context[0] on channel 1 and context[1] on channel 2
+    (a 'left' and a 'right' flag)."""
+    weights = np.zeros((3, 1, 3, 1, 1), dtype=np.float32)
+    weights[:, 0, 0, 0, 0] = [0.2, 1.0, -1.0]  # reads the voxel at x - 1 only
+    to_channels = np.zeros((4, 3), dtype=np.float32)
+    to_channels[0, 1] = to_channels[1, 2] = 3.0
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["c"], pads=[1, 0, 0, 1, 0, 0]),
+        helper.make_node("MatMul", ["context", "m"], ["s"]),
+        helper.make_node("Reshape", ["s", "shape"], ["s5"]),
+        helper.make_node("Add", ["c", "s5"], ["logits"]),
+    ]
+    inits = [
+        helper.make_tensor("w", TensorProto.FLOAT, weights.shape, weights.ravel().tolist()),
+        helper.make_tensor("m", TensorProto.FLOAT, to_channels.shape, to_channels.ravel().tolist()),
+        helper.make_tensor("shape", TensorProto.INT64, [5], [-1, 3, 1, 1, 1]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "sided_model",
+        [
+            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, "x", "y", "z"]),
+            helper.make_tensor_value_info("context", TensorProto.FLOAT, ["n", 4]),
+        ],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3, "x", "y", "z"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 13
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "sided.onnx"
+    onnx.save(model, str(path))
+    extra = [{"name": "context", "length": 4, "required": True, "description": "test"}]
+    card = ModelCard.model_validate(
+        tiny_template(
+            model_file=path.name,
+            sha256=file_sha256(path),
+            extra_inputs=extra,
+            test_time_mirror=mirror,
+        )
+    )
+    card_path = directory / "sided.yaml"
+    write_card(card, card_path)
+    return card_path
+
+
+_MIRROR = {"axis": 0, "swap_channels": [[1, 2]], "swap_inputs": {"context": [[0, 1]]}}
+
+
+def test_mirrored_prediction_is_the_mean_with_the_flipped_back_mirror_image(
+    tmp_path: Path,
+) -> None:
+    plain = open_runtime(make_sided_model(tmp_path / "plain", mirror=None))
+    mirrored = open_runtime(make_sided_model(tmp_path / "mirror", mirror=_MIRROR))
+    image = torch.randn(1, 1, 8, 6, 4)
+    left = [1.0, 0.0, 0.0, 1.0]
+    direct = plain.predictor({"context": left})(image)
+    other = plain.predictor({"context": [0.0, 1.0, 0.0, 1.0]})(torch.flip(image, dims=[2]))
+    back = torch.flip(other, dims=[2])[:, [0, 2, 1]]
+    averaged = mirrored.predictor({"context": left})(image)
+    assert torch.allclose(averaged, (direct + back) / 2, atol=1e-6)
+    assert not torch.allclose(averaged, direct, atol=1e-3)  # the model is not symmetric
+    assert torch.allclose(averaged.sum(dim=1), torch.ones(1, 8, 6, 4), atol=1e-5)
+
+
+def test_mirrored_predictor_is_exactly_mirror_equivariant(tmp_path: Path) -> None:
+    """Mirroring the image and swapping left/right gives the mirror of the result: a
+    left-sided answer cannot drift with the side the patient lies towards."""
+    runtime = open_runtime(make_sided_model(tmp_path, mirror=_MIRROR))
+    image = torch.randn(2, 1, 8, 6, 4)
+    left = runtime.predictor({"context": [1.0, 0.0, 0.5, 1.0]})(image)
+    right = runtime.predictor({"context": [0.0, 1.0, 0.5, 1.0]})(torch.flip(image, dims=[2]))
+    assert torch.allclose(torch.flip(right, dims=[2])[:, [0, 2, 1]], left, atol=1e-6)
+
+
+def test_mirror_settings_must_fit_the_card() -> None:
+    bad = {"axis": 0, "swap_channels": [[1, 3]], "swap_inputs": {"ctx": [[0, 1]]}}
+    with pytest.raises(ValueError) as caught:
+        ModelCard.model_validate(
+            tiny_template(model_file="m.onnx", sha256="0" * 64, test_time_mirror=bad)
+        )
+    assert "swap_channels [1, 3] outside 0..2" in str(caught.value)
+    assert "'ctx', which is not an extra input" in str(caught.value)
+    with pytest.raises(ValueError, match="axis"):
+        ModelCard.model_validate(
+            tiny_template(model_file="m.onnx", sha256="0" * 64, test_time_mirror={"axis": 3})
+        )
+
+
+def test_segment_ct_applies_each_labels_threshold(tiny_card: Path) -> None:
+    runtime = open_runtime(tiny_card)
+    geometry = VolumeGeometry(
+        origin_mm=(-60.0, -60.0, 0.0),
+        spacing_mm=(4.0, 2.0, 2.0),
+        row_cosines=(1.0, 0.0, 0.0),
+        column_cosines=(0.0, 1.0, 0.0),
+        normal=(0.0, 0.0, 1.0),
+        shape=(12, 60, 60),
+    )
+    rng = np.random.default_rng(3)
+    hu = rng.normal(0.0, 300.0, geometry.shape).astype(np.float32)
+    default = segment_ct(hu, geometry, runtime)
+    labels = tuple(
+        label.model_copy(update={"threshold": 0.01 if label.name == "Heart" else 0.9})
+        for label in runtime.card.outputs.labels
+    )
+    changed = segment_ct(hu, geometry, runtime, labels)
+
+    def voxels(masks: dict[str, BoxMask], name: str) -> int:
+        return int(masks[name].mask.sum()) if name in masks else 0
+
+    assert voxels(changed, "Heart") > voxels(default, "Heart")
+    assert voxels(changed, "External") < voxels(default, "External")

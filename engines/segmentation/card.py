@@ -124,13 +124,20 @@ class Postprocess(_Strict):
 
 
 class OutputLabel(_Strict):
-    """One structure the model produces."""
+    """One structure the model produces.
+
+    ``threshold``: the structure is where the summed probability of its channels exceeds
+    this value on the CT grid (0.5: its argmax against any one other label). A lower value
+    suits a structure the model under-segments; set it from cases outside the training and
+    the held-out sets (``engines.segmentation.training.calibrate_ctv`` does so).
+    """
 
     index: int = Field(ge=1)
     name: str = Field(min_length=1, max_length=64)
     color_rgb: tuple[ColourComponent, ColourComponent, ColourComponent]
     interpreted_type: InterpretedType
     covers: tuple[int, ...] = ()
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     postprocess: Postprocess = Postprocess()
 
     def indices(self) -> tuple[int, ...]:
@@ -162,6 +169,20 @@ class OutputSpec(_Strict):
         return self
 
 
+class MirrorSpec(_Strict):
+    """Average each patch's probabilities with those of its mirror image (flipped back).
+
+    ``axis``: the model-grid spatial axis to flip (0, 1, 2 in the card's ``orientation``;
+    0 is left-right for RAS). ``swap_channels``: output channels that trade places in a
+    mirror image (e.g. Lung_L and Lung_R). ``swap_inputs``: per extra input, the elements
+    that trade places (e.g. the left and right flags of a context vector).
+    """
+
+    axis: int = Field(ge=0, le=2)
+    swap_channels: tuple[tuple[int, int], ...] = ()
+    swap_inputs: dict[str, tuple[tuple[int, int], ...]] = Field(default_factory=dict)
+
+
 class ModelCard(_Strict):
     """Everything the engine needs to run one exported model, and what it is for."""
 
@@ -175,9 +196,35 @@ class ModelCard(_Strict):
     input: InputSpec
     extra_inputs: tuple[ExtraInput, ...] = ()
     outputs: OutputSpec
+    test_time_mirror: MirrorSpec | None = None
     limitations: tuple[str, ...] = ()
     training: dict[str, Any] = Field(default_factory=dict)
     validation: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _mirror_fits(self) -> ModelCard:
+        mirror = self.test_time_mirror
+        if mirror is None:
+            return self
+        problems = []
+        for pair in mirror.swap_channels:
+            if not all(0 <= c < self.outputs.channels for c in pair):
+                problems.append(
+                    f"swap_channels {list(pair)} outside 0..{self.outputs.channels - 1}"
+                )
+        lengths = {spec.name: spec.length for spec in self.extra_inputs}
+        for name, pairs in mirror.swap_inputs.items():
+            if name not in lengths:
+                problems.append(f"swap_inputs names {name!r}, which is not an extra input")
+                continue
+            for pair in pairs:
+                if not all(0 <= i < lengths[name] for i in pair):
+                    problems.append(
+                        f"swap_inputs {name} {list(pair)} outside 0..{lengths[name] - 1}"
+                    )
+        if problems:
+            raise ValueError("test_time_mirror: " + "; ".join(problems))
+        return self
 
     def model_path(self, card_path: Path) -> Path:
         """The model file, relative paths resolved against the card's directory."""

@@ -160,7 +160,7 @@ def segment_ct(
     clock.lap(f"inference on {'x'.join(str(n) for n in image.shape[1:])}")
     out: dict[str, BoxMask] = {}
     for label in labels if labels is not None else runtime.card.outputs.labels:
-        found = mask_on_grid(probs, label.indices(), geometry)
+        found = mask_on_grid(probs, label.indices(), geometry, label.threshold)
         if found is not None:
             found = postprocess(found, label.postprocess)
         if found is not None and found.mask.any():

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from engines.segmentation.card import load_card, write_card
+from engines.segmentation.card import OutputLabel, load_card, write_card
 from engines.segmentation.context import BreastContext, Laterality
 from engines.segmentation.ctv_engine import NODAL_LABEL, PRIMARY_LABEL, treated_side
 from engines.segmentation.engine import postprocess
@@ -98,13 +98,27 @@ class HeldOutCase:
 
     def predict(self, runtime: ModelRuntime, context: BreastContext | None) -> Prediction:
         """Run a model as the engine does (``context`` None: the vision-only twin)."""
+        probs = self.probabilities(runtime, context)
+        return self.prediction(probs, runtime.card.outputs.labels, context)
+
+    def probabilities(self, runtime: ModelRuntime, context: BreastContext | None) -> MetaTensor:
+        """The model's probabilities on its grid (``context`` None: the vision-only twin)."""
         feeds = {runtime.card.extra_inputs[0].name: context.vector()} if context else None
-        probs = infer(self.image, runtime.predictor(feeds), runtime.card.input)
+        return infer(self.image, runtime.predictor(feeds), runtime.card.input)
+
+    def prediction(
+        self,
+        probs: MetaTensor,
+        labels: Sequence[OutputLabel],
+        context: BreastContext | None,
+    ) -> Prediction:
+        """Masks on the CT grid from the probabilities, with the labels' thresholds and
+        post-processing, as ``segment_ctv`` makes them."""
         masks = {}
-        for label in runtime.card.outputs.labels:
+        for label in labels:
             if context is not None and label.name == NODAL_LABEL and not context.regional_nodes:
                 continue
-            found = mask_on_grid(probs, label.indices(), self.geometry)
+            found = mask_on_grid(probs, label.indices(), self.geometry, label.threshold)
             if found is not None:
                 found = postprocess(found, label.postprocess)
                 masks[label.name] = found.full(self.geometry.shape)

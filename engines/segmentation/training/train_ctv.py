@@ -42,7 +42,7 @@ from engines.segmentation.context import (
 )
 from engines.segmentation.context_network import context_network_spec
 from engines.segmentation.export import ExportReport, export_model
-from engines.segmentation.network import build_network, save_checkpoint
+from engines.segmentation.network import build_network, load_checkpoint, save_checkpoint
 from engines.segmentation.processing import air_value
 from engines.segmentation.training.breast import BreastCase, context_parts
 from engines.segmentation.training.ctv_data import (
@@ -197,13 +197,24 @@ def _padded(sample: CTVSample, patch: tuple[int, int, int], air: float) -> CTVSa
 
 
 def train(
-    samples: list[CTVSample], multimodal: bool, steps: int, lr: float, seed: int
+    samples: list[CTVSample],
+    multimodal: bool,
+    steps: int,
+    lr: float,
+    seed: int,
+    init: Path | None = None,
 ) -> tuple[torch.nn.Module, list[float]]:
     """Train one network (multimodal or vision-only); returns it (eval mode) and the loss
-    every 50 steps."""
+    every 50 steps. ``init``: a checkpoint of the same network to continue from (a new
+    warm-up and cosine cycle), instead of a seeded initialisation."""
     torch.manual_seed(seed)
     spec = context_network_spec(_context_length(multimodal))
     network = build_network(spec)
+    if init is not None:
+        previous, checkpoint = load_checkpoint(init)
+        if checkpoint["network"] != spec:
+            raise ValueError(f"{init}: another network than {spec['class']} {spec['kwargs']}")
+        network.load_state_dict(previous.state_dict())
     network.train()
     sampler = CTVPatchSampler(samples, air_value(model_spec()), seed, multimodal)
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
@@ -256,6 +267,11 @@ def _provenance(args: argparse.Namespace, multimodal: bool, history: list[float]
             else "none (vision-only twin: same data, patches, steps and seed; the case's own CTV)"
         ),
         "steps": args.steps,
+        "initialised_from": (
+            f"{args.init_from}/breast_ctv{'' if multimodal else '_vision'}.pt"
+            if args.init_from
+            else None
+        ),
         "batch": 1,
         "patch_size": list(PATCH_SIZE),
         "loss": "soft cross-entropy + soft Dice of the foreground classes present in the patch, "
@@ -280,6 +296,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", choices=("both", "multimodal", "vision"), default="both", help="models to train"
     )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help="folder with breast_ctv.pt / breast_ctv_vision.pt of an earlier run to continue from",
+    )
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -291,8 +312,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = {"both": (True, False), "multimodal": (True,), "vision": (False,)}[args.only]
     for multimodal in wanted:
         began = time.perf_counter()
-        network, history = train(samples, multimodal, args.steps, args.lr, args.seed)
         suffix = "" if multimodal else "_vision"
+        init = args.init_from / f"breast_ctv{suffix}.pt" if args.init_from else None
+        network, history = train(samples, multimodal, args.steps, args.lr, args.seed, init)
         save_checkpoint(
             args.work / f"breast_ctv{suffix}.pt",
             context_network_spec(_context_length(multimodal)),
