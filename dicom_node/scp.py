@@ -109,11 +109,12 @@ def handle_requested(event: evt.Event, gate: CallerGate, bus: EventBus) -> None:
     reason = gate.refusal(calling, host)
     if reason is None:
         return
+    # record first, then answer: the audit row exists before the caller sees the rejection
+    logger.warning("association from %s@%s rejected: %s", calling, host, reason)
+    bus.publish(AssociationRejected(calling_ae=calling, peer_host=host, reason=reason))
     assoc.acse.send_reject(
         status.REJECTED_PERMANENT, status.SOURCE_SERVICE_USER, status.DIAG_CALLING_AE_NOT_RECOGNIZED
     )
-    logger.warning("association from %s@%s rejected: %s", calling, host, reason)
-    bus.publish(AssociationRejected(calling_ae=calling, peer_host=host, reason=reason))
     # send_reject only queues the A-ASSOCIATE-RJ; kill() waits until the DUL has sent it
     # before the socket closes (as pynetdicom's own reject path does).
     assoc.kill()
