@@ -338,6 +338,8 @@ def test_mirrored_prediction_is_the_mean_with_the_flipped_back_mirror_image(
     other = plain.predictor({"context": [0.0, 1.0, 0.0, 1.0]})(torch.flip(image, dims=[2]))
     back = torch.flip(other, dims=[2])[:, [0, 2, 1]]
     averaged = mirrored.predictor({"context": left})(image)
+    assert "mirrored test-time average" in mirrored.summary()
+    assert "mirrored" not in plain.summary()
     assert torch.allclose(averaged, (direct + back) / 2, atol=1e-6)
     assert not torch.allclose(averaged, direct, atol=1e-3)  # the model is not symmetric
     assert torch.allclose(averaged.sum(dim=1), torch.ones(1, 8, 6, 4), atol=1e-5)

@@ -132,7 +132,10 @@ class ModelRuntime:
 
     def summary(self) -> str:
         card = self.card
-        return f"model {card.name} {card.version} ({card.precision}) on {self.providers[0]}"
+        mirrored = ", mirrored test-time average" if card.test_time_mirror else ""
+        return (
+            f"model {card.name} {card.version} ({card.precision}{mirrored}) on {self.providers[0]}"
+        )
 
     def predictor(
         self, extra_inputs: Mapping[str, Any] | None = None

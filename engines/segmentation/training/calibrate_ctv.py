@@ -44,8 +44,8 @@ from engines.segmentation.training.metrics import dice
 logger = logging.getLogger("rtnode.calibrate_ctv")
 
 CALIBRATION_SEED = 4_000_000
-PRIMARY_GRID = (0.3, 0.35, 0.4, 0.45, 0.5)
-NODAL_GRID = (0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+PRIMARY_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+NODAL_GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
 DEFAULT = (False, 0.5, 0.5)  # no mirroring, argmax-equivalent thresholds
 
 
@@ -86,13 +86,22 @@ def case_scores(
         runtime, card=runtime.card.model_copy(update={"test_time_mirror": None})
     )
     given = context if multimodal else None
+    labels = runtime.card.outputs.labels
+    primary_label = [label for label in labels if label.name == PRIMARY_LABEL]
+    nodal_label = [label for label in labels if label.name == NODAL_LABEL]
     scores = {}
     for mirror, model in ((False, plain), (True, mirrored)):
         probs: MetaTensor = case.probabilities(model, given)
+        primaries = {
+            t: case.prediction(probs, with_labels(primary_label, t, t), given).primary
+            for t in PRIMARY_GRID
+        }
+        nodes = {
+            t: case.prediction(probs, with_labels(nodal_label, t, t), given).nodes
+            for t in NODAL_GRID
+        }
         for primary, nodal in itertools.product(PRIMARY_GRID, NODAL_GRID):
-            labels = with_labels(runtime.card.outputs.labels, primary, nodal)
-            prediction = case.prediction(probs, labels, given)
-            scores[(mirror, primary, nodal)] = dice(prediction.ctv, truth)
+            scores[(mirror, primary, nodal)] = dice(primaries[primary] | nodes[nodal], truth)
     return scores
 
 
