@@ -15,7 +15,7 @@ restriction) and compared on the CT grid with the rule CTV:
   N0 <-> N1, breast-conserving surgery -> mastectomy), scored against the rule CTV of the
   changed context, with the direction checks the rules imply.
 
-    .venv/bin/python -m engines.segmentation.training.evaluate_ctv --cases 16 \
+    .venv/bin/python -m engines.segmentation.training.evaluate_ctv --cases 20 \
         --markdown docs/context_ctv.md --write-cards
 """
 
@@ -386,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--vision-card", type=Path, default=Path("config/models/breast_ctv_vision.yaml")
     )
-    parser.add_argument("--cases", type=int, default=16)
+    parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--first-seed", type=int, default=HELD_OUT_SEED)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, help="also write the full result here")
