@@ -69,6 +69,10 @@ def new_name(renamer: Renamer, raw: str) -> str:
         ("parotids", "Parotids"),
         ("both parotids", "Parotids"),
         ("Lung total", "Lungs"),
+        ("kidneys", "Kidneys"),  # a plural listed as a word variant (kidneys: kidney)
+        ("pelvic nodes", "LN_Pelvics"),
+        ("Lt pelvic nodes", "LN_Pelvic_L"),
+        ("paraaortic nodes", "LN_Paraaortic"),  # midline: the plural changes nothing
         # non-English anatomy
         ("hersenstam", "Brainstem"),
         ("Blaas", "Bladder"),

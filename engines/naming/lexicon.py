@@ -124,9 +124,12 @@ class Lexicon:
         return word in self.kinds or word in self.aliases
 
     def canonical(self, word: str, repair: str = "", weak: bool = False) -> list[Word]:
-        """Canonical words for a known raw word (aliases may expand to several)."""
+        """Canonical words for a known raw word (aliases may expand to several). A variant
+        that is its word's regular plural (``kidneys: kidney``, ``nodes: node``) reads as a
+        plural, as an unknown plural repaired to a known stem does."""
         texts = self.aliases.get(word, (word,))
-        return [Word(t, self.kind_of(t), repair, weak) for t in texts]
+        plural = any(word in (t + "s", t + "es") for t in texts)
+        return [Word(t, self.kind_of(t), repair, weak, plural=plural) for t in texts]
 
     def kind_of(self, word: str) -> Kind:
         if word in self.kinds:
