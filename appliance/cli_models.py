@@ -134,7 +134,10 @@ def _open_and_describe(card_path: Path, providers: str | None, threads: int, smo
     if smoke:
         spec = card.input
         patch = torch.full((1, 1, *spec.patch_size), air_value(spec), dtype=torch.float32)
-        predict = runtime.predictor()
+        # declared extra inputs (a context vector) get zeros: the smoke test times the
+        # network, it does not judge the output
+        extra = {e.name: np.zeros(e.length, dtype=np.float32) for e in card.extra_inputs}
+        predict = runtime.predictor(extra)
         predict(patch)
         start = time.perf_counter()
         out = predict(patch)

@@ -10,6 +10,7 @@ import yaml
 
 from appliance.cli_models import card_problems
 from engines.segmentation.card import (
+    BREAST_CTV_CARD,
     ModelCard,
     ModelCardError,
     file_sha256,
@@ -130,3 +131,12 @@ def test_check_model_reports_sha256_on_its_line(
     (problem,) = card_problems(card_path)
     assert problem.key == "sha256" and "sha256 mismatch" in problem.message
     assert problem.line > 0
+
+
+def test_smoke_test_runs_a_model_with_a_required_context_input(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The shipped CTV card needs a context vector; the smoke test feeds zeros."""
+    assert card_problems(BREAST_CTV_CARD, smoke=True) == []
+    out = capsys.readouterr().out
+    assert "mirrored test-time average" in out and "one 128x128x32 patch in" in out
