@@ -73,6 +73,7 @@ def new_name(renamer: Renamer, raw: str) -> str:
         ("pelvic nodes", "LN_Pelvics"),
         ("Lt pelvic nodes", "LN_Pelvic_L"),
         ("paraaortic nodes", "LN_Paraaortic"),  # midline: the plural changes nothing
+        ("inguinal nodes", "LN_Inguinofem"),  # TG-263's set name has no plural 's'
         # non-English anatomy
         ("hersenstam", "Brainstem"),
         ("Blaas", "Bladder"),
