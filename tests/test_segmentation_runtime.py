@@ -126,9 +126,23 @@ def make_context_model(directory: Path, *, required: bool) -> Path:
         helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
         helper.make_tensor("shape", TensorProto.INT64, [5], [-1, 1, 1, 1, 1]),
     ]
+    return save_context_model(directory, "context", nodes, inits, required=required)
+
+
+def save_context_model(
+    directory: Path,
+    stem: str,
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    *,
+    required: bool,
+    **card_changes: Any,
+) -> Path:
+    """Save a graph of inputs ``image`` (N, 1, x, y, z) and ``context`` (N, 4) and output
+    ``logits`` (N, 3, x, y, z) as ``stem.onnx`` with its card ``stem.yaml``."""
     graph = helper.make_graph(
         nodes,
-        "context_model",
+        stem,
         [
             helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, "x", "y", "z"]),
             helper.make_tensor_value_info("context", TensorProto.FLOAT, ["n", 4]),
@@ -138,13 +152,16 @@ def make_context_model(directory: Path, *, required: bool) -> Path:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 13
-    path = directory / "context.onnx"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{stem}.onnx"
     onnx.save(model, str(path))
     extra = [{"name": "context", "length": 4, "required": required, "description": "test"}]
     card = ModelCard.model_validate(
-        tiny_template(model_file=path.name, sha256=file_sha256(path), extra_inputs=extra)
+        tiny_template(
+            model_file=path.name, sha256=file_sha256(path), extra_inputs=extra, **card_changes
+        )
     )
-    card_path = directory / "context.yaml"
+    card_path = directory / f"{stem}.yaml"
     write_card(card, card_path)
     return card_path
 
@@ -295,33 +312,9 @@ def make_sided_model(directory: Path, *, mirror: dict[str, Any] | None) -> Path:
         helper.make_tensor("m", TensorProto.FLOAT, to_channels.shape, to_channels.ravel().tolist()),
         helper.make_tensor("shape", TensorProto.INT64, [5], [-1, 3, 1, 1, 1]),
     ]
-    graph = helper.make_graph(
-        nodes,
-        "sided_model",
-        [
-            helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, "x", "y", "z"]),
-            helper.make_tensor_value_info("context", TensorProto.FLOAT, ["n", 4]),
-        ],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3, "x", "y", "z"])],
-        inits,
+    return save_context_model(
+        directory, "sided", nodes, inits, required=True, test_time_mirror=mirror
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 13
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "sided.onnx"
-    onnx.save(model, str(path))
-    extra = [{"name": "context", "length": 4, "required": True, "description": "test"}]
-    card = ModelCard.model_validate(
-        tiny_template(
-            model_file=path.name,
-            sha256=file_sha256(path),
-            extra_inputs=extra,
-            test_time_mirror=mirror,
-        )
-    )
-    card_path = directory / "sided.yaml"
-    write_card(card, card_path)
-    return card_path
 
 
 _MIRROR = {"axis": 0, "swap_channels": [[1, 2]], "swap_inputs": {"context": [[0, 1]]}}
