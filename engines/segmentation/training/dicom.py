@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
-from engines.dicom_output import CT_IMAGE_STORAGE
+from engines.dicom_output import CT_IMAGE_STORAGE, new_file_meta
 from engines.segmentation.training.data import acquisition_geometry
 from engines.segmentation.training.phantom import Acquisition, FloatArray
 
@@ -82,12 +82,7 @@ def _slice(
     ds = Dataset()
     ds.update(shared)
     sop_uid = generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(CT_IMAGE_STORAGE)
-    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds.file_meta = meta
+    ds.file_meta = new_file_meta(CT_IMAGE_STORAGE, sop_uid)
     ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
     ds.InstanceNumber = k + 1
     ds.ImagePositionPatient = [_ds(v) for v in position]
