@@ -2,14 +2,15 @@
 
 The networks are trained with soft targets and under-segment thin structures (the chest
 wall, the nodal tubes) at the argmax. This command sets, per card, the ``threshold`` of
-the primary and the nodal CTV label and whether ``test_time_mirror`` is used, from
+the primary and the nodal CTV label, whether ``test_time_mirror`` is used and the
+sliding-window overlap (more overlap averages more patch positions along the body), from
 calibration cases that neither the training (seeds 0..N-1) nor the held-out evidence
 (``evaluate_ctv``, seeds from 3 000 000) uses: breast cases from seed 4 000 000, scanned
 and run exactly as ``evaluate_ctv`` does, each with its own context (the vision-only twin
-with none). For each card the probabilities are computed once per case with and once
-without mirroring, every pair (primary, nodal) from the threshold grid is scored, and the
-setting with the best mean CTV Dice goes into the card with a record under
-``training.calibration``. Ties keep the default (0.5, no mirroring).
+with none). For each card the probabilities are computed once per case for each pair
+(mirroring, overlap), every pair (primary, nodal) from the threshold grid is scored, and
+the setting with the best mean CTV Dice goes into the card with a record under
+``training.calibration``. Ties keep the default (no mirroring, overlap 0.25, 0.5 / 0.5).
 
     .venv/bin/python -m engines.segmentation.training.calibrate_ctv --cases 12
 
@@ -46,7 +47,11 @@ logger = logging.getLogger("rtnode.calibrate_ctv")
 CALIBRATION_SEED = 4_000_000
 PRIMARY_GRID = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 NODAL_GRID = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
-DEFAULT = (False, 0.5, 0.5)  # no mirroring, argmax-equivalent thresholds
+OVERLAP_GRID = (0.25, 0.5)
+# no mirroring, the card schema's default overlap, argmax-equivalent thresholds
+DEFAULT = (False, 0.25, 0.5, 0.5)
+
+Setting = tuple[bool, float, float, float]  # mirror, overlap, primary, nodal threshold
 
 
 def mirror_spec(card: ModelCard) -> MirrorSpec:
@@ -72,26 +77,27 @@ def with_labels(labels: Sequence[OutputLabel], primary: float, nodal: float) -> 
     ]
 
 
-def case_scores(
-    case: HeldOutCase, runtime: ModelRuntime, multimodal: bool
-) -> dict[tuple[bool, float, float], float]:
-    """CTV Dice of every (mirror, primary threshold, nodal threshold) on one case."""
+def variant(runtime: ModelRuntime, mirror: bool, overlap: float) -> ModelRuntime:
+    """The runtime with its card's mirroring and sliding-window overlap replaced."""
+    card = runtime.card
+    update = {
+        "test_time_mirror": mirror_spec(card) if mirror else None,
+        "input": card.input.model_copy(update={"overlap": overlap}),
+    }
+    return dataclasses.replace(runtime, card=card.model_copy(update=update))
+
+
+def case_scores(case: HeldOutCase, runtime: ModelRuntime, multimodal: bool) -> dict[Setting, float]:
+    """CTV Dice of every (mirror, overlap, primary threshold, nodal threshold) on one case."""
     context = case.case.scenario.context
     truth = case.truth(context) > 0
-    mirrored = dataclasses.replace(
-        runtime,
-        card=runtime.card.model_copy(update={"test_time_mirror": mirror_spec(runtime.card)}),
-    )
-    plain = dataclasses.replace(
-        runtime, card=runtime.card.model_copy(update={"test_time_mirror": None})
-    )
     given = context if multimodal else None
     labels = runtime.card.outputs.labels
     primary_label = [label for label in labels if label.name == PRIMARY_LABEL]
     nodal_label = [label for label in labels if label.name == NODAL_LABEL]
     scores = {}
-    for mirror, model in ((False, plain), (True, mirrored)):
-        probs: MetaTensor = case.probabilities(model, given)
+    for mirror, overlap in itertools.product((False, True), OVERLAP_GRID):
+        probs: MetaTensor = case.probabilities(variant(runtime, mirror, overlap), given)
         primaries = {
             t: case.prediction(probs, with_labels(primary_label, t, t), given).primary
             for t in PRIMARY_GRID
@@ -101,7 +107,9 @@ def case_scores(
             for t in NODAL_GRID
         }
         for primary, nodal in itertools.product(PRIMARY_GRID, NODAL_GRID):
-            scores[(mirror, primary, nodal)] = dice(primaries[primary] | nodes[nodal], truth)
+            scores[(mirror, overlap, primary, nodal)] = dice(
+                primaries[primary] | nodes[nodal], truth
+            )
     return scores
 
 
@@ -109,7 +117,7 @@ def calibrate(
     runtimes: dict[str, ModelRuntime], count: int, first_seed: int
 ) -> dict[str, dict[str, Any]]:
     """Per card (``multimodal``, ``vision``): the best setting and its mean Dice."""
-    per_case: dict[str, list[dict[tuple[bool, float, float], float]]] = {k: [] for k in runtimes}
+    per_case: dict[str, list[dict[Setting, float]]] = {k: [] for k in runtimes}
     for seed in range(first_seed, first_seed + count):
         start = time.perf_counter()
         case = HeldOutCase(seed, runtimes["multimodal"])
@@ -125,29 +133,40 @@ def calibrate(
     out = {}
     for name, scores in per_case.items():
         means = {key: float(np.mean([s[key] for s in scores])) for key in scores[0]}
-        best = max(means, key=lambda key: (round(means[key], 4), key == DEFAULT))
+        # ties: the default, then the cheaper setting (no mirroring, less overlap)
+        best = max(
+            means, key=lambda key: (round(means[key], 4), key == DEFAULT, not key[0], -key[1])
+        )
         out[name] = {
             "mirror": best[0],
-            "primary_threshold": best[1],
-            "nodal_threshold": best[2],
+            "overlap": best[1],
+            "primary_threshold": best[2],
+            "nodal_threshold": best[3],
             "dice": round(means[best], 4),
             "dice_default": round(means[DEFAULT], 4),
-            "dice_mirror_only": round(means[(True, 0.5, 0.5)], 4),
+            "dice_mirror_only": round(means[(True, DEFAULT[1], 0.5, 0.5)], 4),
         }
     return out
 
 
 def apply(card_path: Path, result: dict[str, Any], record: dict[str, Any]) -> None:
-    """Write the chosen thresholds and mirroring into a card, with the calibration record."""
+    """Write the chosen thresholds, mirroring and overlap into a card, with the calibration
+    record (a result without ``overlap`` keeps the card's)."""
     card = load_card(card_path)
     labels = with_labels(
         card.outputs.labels, result["primary_threshold"], result["nodal_threshold"]
     )
     outputs = card.outputs.model_copy(update={"labels": tuple(labels)})
     mirror = mirror_spec(card) if result["mirror"] else None
+    spec = card.input.model_copy(update={"overlap": result.get("overlap", card.input.overlap)})
     training = {**card.training, "calibration": {**record, **result}}
     updated = card.model_copy(
-        update={"outputs": outputs, "test_time_mirror": mirror, "training": training}
+        update={
+            "input": spec,
+            "outputs": outputs,
+            "test_time_mirror": mirror,
+            "training": training,
+        }
     )
     write_card(ModelCard.model_validate(updated.model_dump()), card_path)
 
@@ -176,7 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = {
         "command": command.strip(),
         "cases": f"{args.cases} breast cases, seeds {args.first_seed}..{args.first_seed + args.cases - 1}",
-        "grid": {"primary": list(PRIMARY_GRID), "nodal": list(NODAL_GRID), "mirror": [False, True]},
+        "grid": {
+            "primary": list(PRIMARY_GRID),
+            "nodal": list(NODAL_GRID),
+            "mirror": [False, True],
+            "overlap": list(OVERLAP_GRID),
+        },
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
         "minutes": round((time.perf_counter() - started) / 60, 1),
     }
