@@ -17,9 +17,19 @@ import pytest
 
 from engines.base import EngineContext, Structure
 from engines.registry import BUILTIN_ENGINES, create_engine
-from engines.segmentation.context import breast_context
-from engines.segmentation.ctv_engine import DEFAULT_CTV_CARD, ContextCTVEngine
-from engines.segmentation.training.breast import BreastCase, Scenario, ctv_labels, scan_case
+from engines.segmentation.card import OutputLabel, Postprocess
+from engines.segmentation.context import BreastContext, breast_context
+from engines.segmentation.ctv_engine import DEFAULT_CTV_CARD, ContextCTVEngine, context_labels
+from engines.segmentation.training.breast import (
+    BREAST_SKIN_MM,
+    CHESTWALL_SKIN_MM,
+    NODES_SKIN_MM,
+    BreastCase,
+    Scenario,
+    ctv_labels,
+    scan_case,
+)
+from engines.segmentation.training.ctv_data import card_template
 from engines.segmentation.training.dicom import ct_datasets, write_ct
 from tests.factories import breast_ct_acquisition, dice
 
@@ -164,3 +174,20 @@ def test_counterfactual_mastectomy_widens_to_the_chest_wall(
     covered_before = (breast["CTVp_Breast_L"].mask & gained).sum() / gained.sum()
     assert covered_after > 0.5 > covered_before
     assert wall["CTVp_Chestwall_L"].mask.sum() > breast["CTVp_Breast_L"].mask.sum()
+
+
+def test_context_labels_take_the_skin_margin_of_the_target() -> None:
+    labels = card_template(multimodal=True)["outputs"]["labels"]
+    parsed = [OutputLabel.model_validate(label) for label in labels]
+    breast = BreastContext("left", "breast", regional_nodes=True, scl_guideline="ESTRO")
+    chestwall = BreastContext("right", "chestwall", regional_nodes=False)
+    margins = {
+        label.name: label.postprocess.skin_margin_mm for label in context_labels(parsed, breast)
+    }
+    assert margins == {"CTVp": BREAST_SKIN_MM, "CTVn": NODES_SKIN_MM}
+    only = context_labels(parsed, chestwall)  # no regional nodes: no nodal label
+    assert [(label.name, label.postprocess.skin_margin_mm) for label in only] == [
+        ("CTVp", CHESTWALL_SKIN_MM)
+    ]
+    with pytest.raises(ValueError, match="unknown context fields"):
+        Postprocess(skin_margin_mm_by_context={"target_lung": 5.0})

@@ -14,8 +14,10 @@ import pytest
 import torch
 from monai.data import MetaTensor
 
-from engines.segmentation.card import InputSpec
+from engines.segmentation.card import InputSpec, Postprocess
+from engines.segmentation.engine import postprocess
 from engines.segmentation.processing import (
+    BoxMask,
     VolumeGeometry,
     air_value,
     body_box,
@@ -155,3 +157,23 @@ def test_intensity_window_and_normalisation() -> None:
     assert np.isclose(values.max(), (40.0 + 300.0) / 300.0, atol=1e-3)
     assert np.isclose(values.min(), air_value(SPEC), atol=1e-3)
     assert np.isclose(air_value(SPEC), (-1000.0 + 300.0) / 300.0)
+
+
+def test_skin_margin_removes_the_band_under_the_surface_only() -> None:
+    # a 100 x 60 mm box body on 2 x 1 mm pixels; the label fills the whole body
+    body = np.zeros((3, 80, 120), dtype=bool)
+    body[:, 10:70, 10:110] = True
+    found = BoxMask(box=(slice(0, 3), slice(0, 80), slice(0, 60)), mask=body[:, :, :60].copy())
+    kept = postprocess(found, Postprocess(skin_margin_mm=5.0), body, (3.0, 1.0, 2.0)).mask
+    columns = kept[1].any(axis=0)  # in the box: columns 0..59, the body from column 10
+    rows = kept[1].any(axis=1)
+    # 5 mm = 3 columns of 2 mm (distances 2, 4, 6 mm to the first outside pixel centre)
+    assert np.flatnonzero(columns)[0] == 12
+    assert columns[59]  # the box edge at column 60 is inside the body: no surface there
+    # 5 mm = 5 rows of 1 mm
+    assert np.flatnonzero(rows)[[0, -1]].tolist() == [14, 65]
+    assert not (kept & ~found.mask).any()
+    # no body outline, or no margin: unchanged
+    unchanged = postprocess(found, Postprocess(skin_margin_mm=5.0), None, None).mask
+    assert np.array_equal(unchanged, found.mask)
+    assert np.array_equal(postprocess(found, Postprocess(), body, (3.0, 1.0, 2.0)).mask, found.mask)

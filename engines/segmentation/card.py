@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from engines.segmentation.context import FIELDS as CONTEXT_FIELDS
 from engines.structures import InterpretedType
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,32 @@ class ExtraInput(_Strict):
 
 
 class Postprocess(_Strict):
+    """Clean-up of one label's mask on the CT grid, in this order.
+
+    ``skin_margin_mm``: voxels closer than this to the body surface (in-plane Euclidean
+    distance per axial slice) are removed: the contouring convention the model was trained
+    to, e.g. a breast CTV 5 mm under the skin. Applied when the body outline is known (an
+    External); 0 turns it off. ``skin_margin_mm_by_context``: for a context-aware model,
+    the margin when a flag of the context vector is set (the largest of the set flags'
+    margins), e.g. ``{target_breast: 5, target_chestwall: 3}`` for one CTV label that is
+    the whole breast or the chest wall; keys are the context layout's field names
+    (``engines.segmentation.context.FIELDS``).
+    """
+
+    skin_margin_mm: float = Field(default=0.0, ge=0.0, le=30.0)
+    skin_margin_mm_by_context: dict[str, Annotated[float, Field(ge=0.0, le=30.0)]] = Field(
+        default_factory=dict
+    )
     largest_component: bool = False
     fill_holes: bool = False
+
+    @field_validator("skin_margin_mm_by_context")
+    @classmethod
+    def _known_flags(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(CONTEXT_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown context fields {unknown}; known: {list(CONTEXT_FIELDS)}")
+        return value
 
 
 class OutputLabel(_Strict):

@@ -23,6 +23,7 @@ job goes on (organs still come from the other steps).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import ClassVar
 
@@ -33,6 +34,7 @@ from engines.classical.body_lungs import segment_body
 from engines.segmentation.card import BREAST_CTV_CARD, ModelCardError, OutputLabel
 from engines.segmentation.context import (
     CONTEXT_LENGTH,
+    FIELDS,
     BreastContext,
     breast_context,
     missing_facts,
@@ -178,11 +180,24 @@ def _row_y_mm(geometry: VolumeGeometry) -> np.ndarray:
 
 
 def _labels(runtime: ModelRuntime, context: BreastContext) -> list[OutputLabel]:
-    """The card's outputs this context asks for (no nodal CTV without regional nodes)."""
-    labels = list(runtime.card.outputs.labels)
-    if not context.regional_nodes:
-        labels = [label for label in labels if label.name != NODAL_LABEL]
-    return labels
+    return context_labels(runtime.card.outputs.labels, context)
+
+
+def context_labels(labels: Iterable[OutputLabel], context: BreastContext) -> list[OutputLabel]:
+    """The outputs this context asks for (no nodal CTV without regional nodes), each with
+    the skin margin its card gives for the context's flags (whole breast vs chest wall)."""
+    flags = {name for name, value in zip(FIELDS, context.vector(), strict=True) if value > 0}
+    out = []
+    for label in labels:
+        if label.name == NODAL_LABEL and not context.regional_nodes:
+            continue
+        steps = label.postprocess
+        margins = [m for flag, m in steps.skin_margin_mm_by_context.items() if flag in flags]
+        if margins:
+            steps = steps.model_copy(update={"skin_margin_mm": max(margins)})
+            label = label.model_copy(update={"postprocess": steps})
+        out.append(label)
+    return out
 
 
 def _context_input(runtime: ModelRuntime) -> str:

@@ -162,7 +162,7 @@ def segment_ct(
     for label in labels if labels is not None else runtime.card.outputs.labels:
         found = mask_on_grid(probs, label.indices(), geometry, label.threshold)
         if found is not None:
-            found = postprocess(found, label.postprocess)
+            found = postprocess(found, label.postprocess, body, geometry.spacing_mm)
         if found is not None and found.mask.any():
             out[label.name] = found
     clock.lap("masks on the CT grid")
@@ -186,9 +186,17 @@ class _Stopwatch:
         return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self._laps)
 
 
-def postprocess(found: BoxMask, steps: Postprocess) -> BoxMask:
-    """Largest connected component (26-connected) and per-slice hole filling, as asked."""
+def postprocess(
+    found: BoxMask,
+    steps: Postprocess,
+    body: BoolArray | None = None,
+    spacing_mm: tuple[float, float, float] | None = None,
+) -> BoxMask:
+    """Skin margin (with ``body`` on the CT grid and its spacing), largest connected
+    component (26-connected) and per-slice hole filling, as asked."""
     mask = found.mask
+    if steps.skin_margin_mm > 0 and body is not None and spacing_mm is not None:
+        mask = mask & away_from_skin(body, found.box, spacing_mm, steps.skin_margin_mm)
     if steps.largest_component:
         labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
         if count > 1:
@@ -198,6 +206,34 @@ def postprocess(found: BoxMask, steps: Postprocess) -> BoxMask:
     if steps.fill_holes:
         mask = fill_holes_per_slice(mask)
     return BoxMask(box=found.box, mask=mask)
+
+
+def away_from_skin(
+    body: BoolArray,
+    box: tuple[slice, slice, slice],
+    spacing_mm: tuple[float, float, float],
+    margin_mm: float,
+) -> BoolArray:
+    """Inside ``box``: the body voxels at least ``margin_mm`` from the body's surface,
+    measured in-plane on each axial slice (whole slices, so the box edge is no surface)."""
+    slices = body[box[0]]
+    out = np.zeros(slices[:, box[1], box[2]].shape, dtype=bool)
+    if not slices.any():
+        return out
+    # the distance transform runs on the body's in-plane box plus one background voxel
+    rows = np.flatnonzero(slices.any(axis=(0, 2)))
+    cols = np.flatnonzero(slices.any(axis=(0, 1)))
+    near = (
+        slice(max(int(rows[0]) - 1, 0), int(rows[-1]) + 2),
+        slice(max(int(cols[0]) - 1, 0), int(cols[-1]) + 2),
+    )
+    depth = np.zeros(slices.shape[1:], dtype=np.float64)
+    for i, inside in enumerate(slices):
+        if inside.any():
+            depth[near] = ndimage.distance_transform_edt(inside[near], sampling=spacing_mm[1:])
+            out[i] = depth[box[1], box[2]] >= margin_mm
+            depth[near] = 0.0
+    return out
 
 
 def _existing_external(structures: Iterable[Structure]) -> Structure | None:

@@ -33,7 +33,10 @@ from engines.segmentation.processing import (
     to_metatensor,
 )
 from engines.segmentation.training.breast import (
+    BREAST_SKIN_MM,
+    CHESTWALL_SKIN_MM,
     CTV_CLASSES,
+    NODES_SKIN_MM,
     PART_BITS,
     BreastCase,
     Scenario,
@@ -211,14 +214,31 @@ def card_template(
                     "name": "CTVp",
                     "color_rgb": [255, 128, 0],
                     "interpreted_type": "CTV",
-                    "postprocess": {"largest_component": True, "fill_holes": True},
+                    "postprocess": {
+                        # the rules' margins: the smaller one without a context
+                        "skin_margin_mm": CHESTWALL_SKIN_MM,
+                        "skin_margin_mm_by_context": (
+                            {
+                                "target_breast": BREAST_SKIN_MM,
+                                "target_chestwall": CHESTWALL_SKIN_MM,
+                            }
+                            if multimodal
+                            else {}
+                        ),
+                        "largest_component": True,
+                        "fill_holes": True,
+                    },
                 },
                 {
                     "index": 2,
                     "name": "CTVn",
                     "color_rgb": [255, 128, 0],
                     "interpreted_type": "CTV",
-                    "postprocess": {"largest_component": False, "fill_holes": True},
+                    "postprocess": {
+                        "skin_margin_mm": NODES_SKIN_MM,
+                        "largest_component": False,
+                        "fill_holes": True,
+                    },
                 },
             ],
         },

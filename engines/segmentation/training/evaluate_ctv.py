@@ -38,7 +38,12 @@ from monai.data import MetaTensor
 
 from engines.segmentation.card import OutputLabel, load_card, write_card
 from engines.segmentation.context import BreastContext, Laterality
-from engines.segmentation.ctv_engine import NODAL_LABEL, PRIMARY_LABEL, treated_side
+from engines.segmentation.ctv_engine import (
+    NODAL_LABEL,
+    PRIMARY_LABEL,
+    context_labels,
+    treated_side,
+)
 from engines.segmentation.engine import postprocess
 from engines.segmentation.processing import (
     BoolArray,
@@ -115,12 +120,10 @@ class HeldOutCase:
         """Masks on the CT grid from the probabilities, with the labels' thresholds and
         post-processing, as ``segment_ctv`` makes them."""
         masks = {}
-        for label in labels:
-            if context is not None and label.name == NODAL_LABEL and not context.regional_nodes:
-                continue
+        for label in context_labels(labels, context) if context is not None else labels:
             found = mask_on_grid(probs, label.indices(), self.geometry, label.threshold)
             if found is not None:
-                found = postprocess(found, label.postprocess)
+                found = postprocess(found, label.postprocess, self.body, self.geometry.spacing_mm)
                 masks[label.name] = found.full(self.geometry.shape)
         empty = np.zeros(self.geometry.shape, dtype=bool)
         primary, nodes = masks.get(PRIMARY_LABEL, empty), masks.get(NODAL_LABEL, empty)
