@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 SPLIT = 4  # in-plane sub-voxels per model voxel and axis
 PATCH_SIZE = (128, 128, 32)
 SPACING_MM = (4.0, 4.0, 4.0)
-CARD_VERSION = "1.2.0"
+CARD_VERSION = "1.3.0"
 MULTIMODAL_NAME = "rtnode-breast-ctv-context"
 VISION_NAME = "rtnode-breast-ctv-vision-only"
 
