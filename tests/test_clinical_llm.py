@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import time
 from typing import Any
 
 import pytest
@@ -180,3 +181,25 @@ def test_speed_is_learnt_per_generator() -> None:
     assert fast_s is not None and slow_s is not None
     assert slow_s == pytest.approx(10 * fast_s) and 0.5 < fast_s < 1.5
     assert budget.predicted_s(FakeLLM({}), "y", 1) is None
+
+
+class NarrativeToTheDeadline(FakeLLM):
+    """Answers the facts at once; the narrative runs to its timeout and one token past it,
+    as llama.cpp does (the deadline is checked between tokens)."""
+
+    def generate_json(
+        self, prompt: str, schema: dict[str, Any], max_tokens: int = 64, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        if "summary" in schema["properties"]:
+            time.sleep(timeout_s + 0.04)
+            raise LLMTimeout(f"LLM generation exceeded {timeout_s:.1f} s")
+        return super().generate_json(prompt, schema, max_tokens, timeout_s)
+
+
+def test_a_narrative_cut_at_its_deadline_keeps_the_stage_inside_the_budget() -> None:
+    llm = NarrativeToTheDeadline({"site": "breast", "laterality": "left"})
+    budget.observe(llm, "x" * 400, 10, seconds=0.01)  # measured as fast: every call is made
+    result = analyse(INJECTION, llm, time_budget_s=1.5)
+    assert len(llm.prompts) == 1  # the facts call; the narrative was attempted after it
+    assert result.summary_source == "template"
+    assert result.seconds <= 1.5
