@@ -15,7 +15,7 @@ import torch
 from monai.data import MetaTensor
 
 from engines.segmentation.card import InputSpec, Postprocess
-from engines.segmentation.engine import postprocess
+from engines.segmentation.engine import SkinDepth, postprocess
 from engines.segmentation.processing import (
     BoxMask,
     VolumeGeometry,
@@ -164,7 +164,8 @@ def test_skin_margin_removes_the_band_under_the_surface_only() -> None:
     body = np.zeros((3, 80, 120), dtype=bool)
     body[:, 10:70, 10:110] = True
     found = BoxMask(box=(slice(0, 3), slice(0, 80), slice(0, 60)), mask=body[:, :, :60].copy())
-    kept = postprocess(found, Postprocess(skin_margin_mm=5.0), body, (3.0, 1.0, 2.0)).mask
+    skin = SkinDepth(body, (3.0, 1.0, 2.0))
+    kept = postprocess(found, Postprocess(skin_margin_mm=5.0), skin).mask
     columns = kept[1].any(axis=0)  # in the box: columns 0..59, the body from column 10
     rows = kept[1].any(axis=1)
     # 5 mm = 3 columns of 2 mm (distances 2, 4, 6 mm to the first outside pixel centre)
@@ -174,6 +175,6 @@ def test_skin_margin_removes_the_band_under_the_surface_only() -> None:
     assert np.flatnonzero(rows)[[0, -1]].tolist() == [14, 65]
     assert not (kept & ~found.mask).any()
     # no body outline, or no margin: unchanged
-    unchanged = postprocess(found, Postprocess(skin_margin_mm=5.0), None, None).mask
+    unchanged = postprocess(found, Postprocess(skin_margin_mm=5.0), None).mask
     assert np.array_equal(unchanged, found.mask)
-    assert np.array_equal(postprocess(found, Postprocess(), body, (3.0, 1.0, 2.0)).mask, found.mask)
+    assert np.array_equal(postprocess(found, Postprocess(), skin).mask, found.mask)

@@ -74,7 +74,7 @@ class ContextCTVEngine:
         geometry = VolumeGeometry.of(ct)
         body = _body(ctx, ct)
         ctx.notes.append(f"{self.name}: context {context.describe()}")
-        labels = _labels(runtime, context)
+        labels = context_labels(runtime.card.outputs.labels, context)
         try:
             masks = segment_ct(
                 ct.hu,
@@ -177,10 +177,6 @@ def _row_y_mm(geometry: VolumeGeometry) -> np.ndarray:
     """Patient y (LPS mm) of every row at the first column (axial slices)."""
     _, dr, _ = geometry.spacing_mm
     return geometry.origin_mm[1] + np.arange(geometry.shape[1]) * dr * geometry.column_cosines[1]
-
-
-def _labels(runtime: ModelRuntime, context: BreastContext) -> list[OutputLabel]:
-    return context_labels(runtime.card.outputs.labels, context)
 
 
 def context_labels(labels: Iterable[OutputLabel], context: BreastContext) -> list[OutputLabel]:

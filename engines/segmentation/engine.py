@@ -149,6 +149,7 @@ def segment_ct(
     """
     spec = runtime.card.input
     clock = _Stopwatch()
+    skin = SkinDepth(body, geometry.spacing_mm) if body is not None else None
     margin = margin_px(geometry)
     box = body_box(body, margin) if body is not None else threshold_box(hu, geometry)
     image = to_metatensor(hu, geometry)
@@ -162,7 +163,7 @@ def segment_ct(
     for label in labels if labels is not None else runtime.card.outputs.labels:
         found = mask_on_grid(probs, label.indices(), geometry, label.threshold)
         if found is not None:
-            found = postprocess(found, label.postprocess, body, geometry.spacing_mm)
+            found = postprocess(found, label.postprocess, skin)
         if found is not None and found.mask.any():
             out[label.name] = found
     clock.lap("masks on the CT grid")
@@ -186,17 +187,12 @@ class _Stopwatch:
         return ", ".join(f"{name} {seconds:.1f} s" for name, seconds in self._laps)
 
 
-def postprocess(
-    found: BoxMask,
-    steps: Postprocess,
-    body: BoolArray | None = None,
-    spacing_mm: tuple[float, float, float] | None = None,
-) -> BoxMask:
-    """Skin margin (with ``body`` on the CT grid and its spacing), largest connected
-    component (26-connected) and per-slice hole filling, as asked."""
+def postprocess(found: BoxMask, steps: Postprocess, skin: SkinDepth | None = None) -> BoxMask:
+    """Skin margin (with the body's ``skin`` depth), largest connected component
+    (26-connected) and per-slice hole filling, as asked."""
     mask = found.mask
-    if steps.skin_margin_mm > 0 and body is not None and spacing_mm is not None:
-        mask = mask & away_from_skin(body, found.box, spacing_mm, steps.skin_margin_mm)
+    if steps.skin_margin_mm > 0 and skin is not None:
+        mask = mask & skin.at_least(steps.skin_margin_mm, found.box)
     if steps.largest_component:
         labelled, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
         if count > 1:
@@ -208,32 +204,59 @@ def postprocess(
     return BoxMask(box=found.box, mask=mask)
 
 
-def away_from_skin(
-    body: BoolArray,
-    box: tuple[slice, slice, slice],
-    spacing_mm: tuple[float, float, float],
-    margin_mm: float,
-) -> BoolArray:
-    """Inside ``box``: the body voxels at least ``margin_mm`` from the body's surface,
-    measured in-plane on each axial slice (whole slices, so the box edge is no surface)."""
-    slices = body[box[0]]
-    out = np.zeros(slices[:, box[1], box[2]].shape, dtype=bool)
-    if not slices.any():
+class SkinDepth:
+    """Depth under the body's surface (mm, in-plane Euclidean distance on each axial
+    slice) on a CT grid, computed once per slice when first asked for: the labels of a
+    job (and the thresholds a calibration tries) share it."""
+
+    def __init__(self, body: BoolArray, spacing_mm: tuple[float, float, float]) -> None:
+        self.body = body
+        self.sampling = spacing_mm[1:]
+        self._near: tuple[slice, slice] | None = None
+        self._slices: dict[int, FloatArray] = {}
+
+    def at_least(self, margin_mm: float, box: tuple[slice, slice, slice]) -> BoolArray:
+        """Inside ``box``: the voxels at least ``margin_mm`` under the surface (whole
+        slices are measured, so the box edge is no surface)."""
+        z, r, c = (s.indices(n) for s, n in zip(box, self.body.shape, strict=True))
+        out = np.zeros((z[1] - z[0], r[1] - r[0], c[1] - c[0]), dtype=bool)
+        near = self._near_box()
+        if near is None:
+            return out
+        r0, r1 = max(r[0], near[0].start), min(r[1], near[0].stop)
+        c0, c1 = max(c[0], near[1].start), min(c[1], near[1].stop)
+        if r0 >= r1 or c0 >= c1:
+            return out
+        inner = (
+            slice(r0 - near[0].start, r1 - near[0].start),
+            slice(c0 - near[1].start, c1 - near[1].start),
+        )
+        for i, index in enumerate(range(z[0], z[1])):
+            depth = self._depth(index, near)
+            if depth is not None:
+                out[i, r0 - r[0] : r1 - r[0], c0 - c[0] : c1 - c[0]] = depth[inner] >= margin_mm
         return out
-    # the distance transform runs on the body's in-plane box plus one background voxel
-    rows = np.flatnonzero(slices.any(axis=(0, 2)))
-    cols = np.flatnonzero(slices.any(axis=(0, 1)))
-    near = (
-        slice(max(int(rows[0]) - 1, 0), int(rows[-1]) + 2),
-        slice(max(int(cols[0]) - 1, 0), int(cols[-1]) + 2),
-    )
-    depth = np.zeros(slices.shape[1:], dtype=np.float64)
-    for i, inside in enumerate(slices):
-        if inside.any():
-            depth[near] = ndimage.distance_transform_edt(inside[near], sampling=spacing_mm[1:])
-            out[i] = depth[box[1], box[2]] >= margin_mm
-            depth[near] = 0.0
-    return out
+
+    def _near_box(self) -> tuple[slice, slice] | None:
+        """The body's in-plane box plus one background voxel (where the transform runs)."""
+        if self._near is None:
+            rows = np.flatnonzero(self.body.any(axis=(0, 2)))
+            cols = np.flatnonzero(self.body.any(axis=(0, 1)))
+            if rows.size == 0:
+                return None
+            self._near = (
+                slice(max(int(rows[0]) - 1, 0), int(rows[-1]) + 2),
+                slice(max(int(cols[0]) - 1, 0), int(cols[-1]) + 2),
+            )
+        return self._near
+
+    def _depth(self, index: int, near: tuple[slice, slice]) -> FloatArray | None:
+        if index not in self._slices:
+            inside = self.body[index][near]
+            if not inside.any():
+                return None
+            self._slices[index] = ndimage.distance_transform_edt(inside, sampling=self.sampling)
+        return self._slices[index]
 
 
 def _existing_external(structures: Iterable[Structure]) -> Structure | None:

@@ -44,7 +44,7 @@ from engines.segmentation.ctv_engine import (
     context_labels,
     treated_side,
 )
-from engines.segmentation.engine import postprocess
+from engines.segmentation.engine import SkinDepth, postprocess
 from engines.segmentation.processing import (
     BoolArray,
     body_box,
@@ -91,6 +91,7 @@ class HeldOutCase:
         self.bits = bits
         self.geometry = acquisition_geometry(acq)
         self.body = truth > 0
+        self.skin = SkinDepth(self.body, self.geometry.spacing_mm)
         box = body_box(self.body, margin_px(self.geometry))
         assert box is not None
         image = crop(to_metatensor(hu, self.geometry), box)
@@ -123,7 +124,7 @@ class HeldOutCase:
         for label in context_labels(labels, context) if context is not None else labels:
             found = mask_on_grid(probs, label.indices(), self.geometry, label.threshold)
             if found is not None:
-                found = postprocess(found, label.postprocess, self.body, self.geometry.spacing_mm)
+                found = postprocess(found, label.postprocess, self.skin)
                 masks[label.name] = found.full(self.geometry.shape)
         empty = np.zeros(self.geometry.shape, dtype=bool)
         primary, nodes = masks.get(PRIMARY_LABEL, empty), masks.get(NODAL_LABEL, empty)
