@@ -12,8 +12,7 @@ from engines.segmentation.card import (
     BREAST_CTV_CARD,
     THORAX_CARD,
     ModelCardError,
-    load_card,
-    verified_model_path,
+    verify_cascade,
 )
 from rules.matcher import load_rules
 from rules.schema import RuleSet
@@ -92,7 +91,7 @@ def check_model_cards(
                 continue
             checked.add(card_path)
             try:
-                verified_model_path(load_card(card_path), card_path)
+                verify_cascade(card_path)
             except ModelCardError as exc:
                 where = f"rules.{index}.params.{key}" if key in rule.params else f"rules.{index}"
                 problems.append(ConfigProblem(str(rules_file), 0, where, str(exc)))

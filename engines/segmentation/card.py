@@ -208,8 +208,27 @@ class MirrorSpec(_Strict):
     swap_inputs: dict[str, tuple[tuple[int, int], ...]] = Field(default_factory=dict)
 
 
+class RegionSpec(_Strict):
+    """Where a refinement model looks: the box around structures found before it.
+
+    A refinement model (listed in another card's ``refined_by``) runs after that card's
+    model, only inside the (slice, row, column) box of the structures named in ``around``
+    plus ``margin_mm`` on every side, usually on a finer grid; its outputs replace the
+    first model's structures of the same names. When none of ``around`` was found it
+    does not run.
+    """
+
+    around: tuple[str, ...] = Field(min_length=1)
+    margin_mm: float = Field(default=20.0, ge=0.0, le=200.0)
+
+
 class ModelCard(_Strict):
-    """Everything the engine needs to run one exported model, and what it is for."""
+    """Everything the engine needs to run one exported model, and what it is for.
+
+    ``refined_by``: cards (paths relative to this card) of refinement models run after
+    this one, in order; each must have a ``region``. ``region``: set only on a
+    refinement model's card (:class:`RegionSpec`).
+    """
 
     name: str
     version: str
@@ -222,6 +241,8 @@ class ModelCard(_Strict):
     extra_inputs: tuple[ExtraInput, ...] = ()
     outputs: OutputSpec
     test_time_mirror: MirrorSpec | None = None
+    region: RegionSpec | None = None
+    refined_by: tuple[str, ...] = ()
     limitations: tuple[str, ...] = ()
     training: dict[str, Any] = Field(default_factory=dict)
     validation: dict[str, Any] = Field(default_factory=dict)
@@ -250,6 +271,21 @@ class ModelCard(_Strict):
         if problems:
             raise ValueError("test_time_mirror: " + "; ".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _cascade_fits(self) -> ModelCard:
+        if self.region is not None and self.refined_by:
+            raise ValueError(
+                "a refinement model (with a region) cannot itself be refined_by others"
+            )
+        return self
+
+    def refiner_paths(self, card_path: Path) -> tuple[Path, ...]:
+        """The ``refined_by`` cards, relative paths resolved against this card's directory."""
+        return tuple(
+            path if path.is_absolute() else card_path.parent / path
+            for path in (Path(p) for p in self.refined_by)
+        )
 
     def model_path(self, card_path: Path) -> Path:
         """The model file, relative paths resolved against the card's directory."""
@@ -307,6 +343,26 @@ def verified_model_path(card: ModelCard, card_path: Path) -> Path:
             "re-export the model or correct the card (rtnode check-model shows both)."
         )
     return model
+
+
+def load_refiner(path: Path, parent: Path) -> ModelCard:
+    """A card named in ``parent``'s ``refined_by``: it must exist and have a ``region``."""
+    refiner = load_card(path)
+    if refiner.region is None:
+        raise ModelCardError(
+            f"{parent}: refined_by names {path}, whose card has no region (the structures "
+            "around which it runs)"
+        )
+    return refiner
+
+
+def verify_cascade(card_path: Path) -> ModelCard:
+    """Load a card and check its model file, and those of its ``refined_by`` cards."""
+    card = load_card(card_path)
+    verified_model_path(card, card_path)
+    for path in card.refiner_paths(card_path):
+        verified_model_path(load_refiner(path, card_path), path)
+    return card
 
 
 def write_card(card: ModelCard, path: Path, header: str = "") -> None:

@@ -9,6 +9,9 @@ Which model: ``ctx.params["segmentation_model"]``, the path of a model card (def
 An External already in ``ctx.structures`` (from the classical engine, say) is kept: the
 model's External is then not added, and the model only looks inside that External's
 box. Structures of the same name from earlier engines are replaced, with a note.
+
+A card's ``refined_by`` models (a cascade) run after it, each inside the box around the
+structures its ``region`` names, and replace those structures (:func:`refine`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+from monai.data import MetaTensor
 from scipy import ndimage
 
 from engines.base import EngineContext, EngineError, Structure
@@ -159,15 +163,75 @@ def segment_ct(
     clock.lap("preprocess")
     probs = infer(image, runtime.predictor(extra_inputs), spec)
     clock.lap(f"inference on {'x'.join(str(n) for n in image.shape[1:])}")
+    out = _masks(
+        probs, labels if labels is not None else runtime.card.outputs.labels, geometry, skin
+    )
+    clock.lap("masks on the CT grid")
+    for refiner in runtime.refiners:
+        for name, refined in refine(hu, geometry, refiner, out, skin).items():
+            if refined is None:
+                del out[name]
+            else:
+                out[name] = refined
+        clock.lap(f"refinement by {refiner.card.name}")
+    logger.info("segmentation: %s", clock)
+    return out
+
+
+def refine(
+    hu: FloatArray,
+    geometry: VolumeGeometry,
+    refiner: ModelRuntime,
+    found: Mapping[str, BoxMask],
+    skin: SkinDepth | None = None,
+) -> dict[str, BoxMask | None]:
+    """A refinement model's structures, from the box around those of ``found`` its region names.
+
+    Only outputs already in ``found`` are refined (a label the first model did not find,
+    or left out, stays out). The refinement stands: a structure it does not find maps to
+    None (the caller drops the first model's contour), with a log line. Empty when none of
+    the region's structures was found.
+    """
+    region = refiner.card.region
+    assert region is not None  # open_runtime checks refiners have one
+    seeds = [found[name] for name in region.around if name in found]
+    wanted = [label for label in refiner.card.outputs.labels if label.name in found]
+    if not seeds or not wanted:
+        return {}
+    union = np.zeros(geometry.shape, dtype=bool)
+    for seed in seeds:
+        union[seed.box] |= seed.mask
+    box = body_box(union, margin_px(geometry, region.margin_mm))
+    if box is None:
+        return {}
+    image = preprocess(crop(to_metatensor(hu, geometry), box), refiner.card.input)
+    probs = infer(image, refiner.predictor(), refiner.card.input)
+    masks = _masks(probs, wanted, geometry, skin)
+    out: dict[str, BoxMask | None] = {}
+    for label in wanted:
+        out[label.name] = masks.get(label.name)
+        if out[label.name] is None:
+            logger.warning(
+                "segmentation: %s found no %s where the first model drew one; dropped",
+                refiner.card.name,
+                label.name,
+            )
+    return out
+
+
+def _masks(
+    probs: MetaTensor,
+    labels: Iterable[OutputLabel],
+    geometry: VolumeGeometry,
+    skin: SkinDepth | None,
+) -> dict[str, BoxMask]:
     out: dict[str, BoxMask] = {}
-    for label in labels if labels is not None else runtime.card.outputs.labels:
+    for label in labels:
         found = mask_on_grid(probs, label.indices(), geometry, label.threshold)
         if found is not None:
             found = postprocess(found, label.postprocess, skin)
         if found is not None and found.mask.any():
             out[label.name] = found
-    clock.lap("masks on the CT grid")
-    logger.info("segmentation: %s", clock)
     return out
 
 

@@ -25,7 +25,13 @@ import numpy.typing as npt
 import onnxruntime as ort
 import torch
 
-from engines.segmentation.card import ModelCard, ModelCardError, load_card, verified_model_path
+from engines.segmentation.card import (
+    ModelCard,
+    ModelCardError,
+    load_card,
+    load_refiner,
+    verified_model_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +129,7 @@ class ModelRuntime:
     session: ort.InferenceSession
     notes: tuple[str, ...] = ()
     extra_defaults: dict[str, npt.NDArray[np.float32]] = field(default_factory=dict)
+    refiners: tuple[ModelRuntime, ...] = ()
 
     @property
     def providers(self) -> list[str]:
@@ -133,9 +140,14 @@ class ModelRuntime:
     def summary(self) -> str:
         card = self.card
         mirrored = ", mirrored test-time average" if card.test_time_mirror else ""
-        return (
+        line = (
             f"model {card.name} {card.version} ({card.precision}{mirrored}) on {self.providers[0]}"
         )
+        for refiner in self.refiners:
+            assert refiner.card.region is not None  # open_runtime checks
+            names = ", ".join(label.name for label in refiner.card.outputs.labels)
+            line += f"; {names} refined by {refiner.summary()}"
+        return line
 
     def predictor(
         self, extra_inputs: Mapping[str, Any] | None = None
@@ -219,9 +231,25 @@ def open_runtime(card_path: Path, settings: RuntimeSettings | None = None) -> Mo
     choice = choose_providers(settings.providers, ort.get_available_providers())
     session, notes = _open_session(model, settings, choice)
     _check_signature(card, card_path, session)
-    runtime = ModelRuntime(card=card, card_path=card_path, session=session, notes=tuple(notes))
+    refiners = tuple(
+        _open_refiner(path, card_path, settings) for path in card.refiner_paths(card_path)
+    )
+    notes += [note for refiner in refiners for note in refiner.notes]  # fallbacks too
+    runtime = ModelRuntime(
+        card=card,
+        card_path=card_path,
+        session=session,
+        notes=tuple(dict.fromkeys(notes)),
+        refiners=refiners,
+    )
     logger.info("segmentation %s (%s)", runtime.summary(), "; ".join(notes) or "no fallback")
     return runtime
+
+
+def _open_refiner(path: Path, parent: Path, settings: RuntimeSettings) -> ModelRuntime:
+    """A ``refined_by`` model of ``parent``: a card with a ``region`` (checked first)."""
+    load_refiner(path, parent)
+    return open_runtime(path, settings)
 
 
 def _open_session(
@@ -281,7 +309,7 @@ class SessionCache:
     """Open runtimes keyed by card path, model sha256 and settings (one per worker process)."""
 
     def __init__(self) -> None:
-        self._runtimes: dict[tuple[str, str, RuntimeSettings], ModelRuntime] = {}
+        self._runtimes: dict[tuple[str, tuple[str, ...], RuntimeSettings], ModelRuntime] = {}
 
     def get(self, card_path: Path, settings: RuntimeSettings) -> tuple[ModelRuntime, bool]:
         """The runtime for ``card_path`` and whether it was opened by this call.
@@ -290,7 +318,8 @@ class SessionCache:
         sha256 in the card) opens a new session.
         """
         card = load_card(card_path)
-        key = (str(card_path.resolve()), card.sha256, settings)
+        shas = (card.sha256, *(load_card(p).sha256 for p in card.refiner_paths(card_path)))
+        key = (str(card_path.resolve()), shas, settings)
         if key in self._runtimes:
             return self._runtimes[key], False
         runtime = open_runtime(card_path, settings)
