@@ -88,7 +88,11 @@ def heart_only_outputs() -> dict[str, Any]:
     }
 
 
-def make_cascade(directory: Path, refiner_weights: tuple[float, float] = (-40.0, -20.0)) -> Path:
+def make_cascade(
+    directory: Path,
+    refiner_weights: tuple[float, float] = (-40.0, -20.0),
+    min_volume_cm3: float = 0.0,
+) -> Path:
     """First model (External, Heart above ~20 HU) refined by a model calling air Heart.
 
     Intensities are linear [-1000, 1000] HU -> [-1, 1] (x). First model: c0 = 0,
@@ -102,7 +106,7 @@ def make_cascade(directory: Path, refiner_weights: tuple[float, float] = (-40.0,
         [0.0, refiner_weights[0]],
         [0.0, refiner_weights[1]],
         outputs=heart_only_outputs(),
-        region={"around": ["Heart"], "margin_mm": MARGIN_MM},
+        region={"around": ["Heart"], "margin_mm": MARGIN_MM, "min_volume_cm3": min_volume_cm3},
     )
     return save_linear_model(
         directory, "first", [0.0, 20.0, 60.0], [0.0, 10.0, 9.2], refined_by=["refiner.yaml"]
@@ -209,3 +213,14 @@ def test_check_config_checks_the_refinement_model_files_too(tmp_path: Path) -> N
     (tmp_path / "refiner.onnx").write_bytes(b"not the exported model")
     with pytest.raises(ModelCardError, match=r"sha256 mismatch for refiner\.onnx"):
         verify_cascade(card)
+
+
+def test_structures_below_the_minimum_volume_are_not_refined(tmp_path: Path) -> None:
+    """The heart here is 20 x 20 x 20 voxels of 8 mm3: 64 cm3."""
+    hu = phantom()
+    truth = np.zeros(GEOMETRY.shape, dtype=bool)
+    truth[HEART_BOX] = True
+    for minimum, refined in ((60.0, True), (70.0, False)):
+        runtime = open_runtime(make_cascade(tmp_path / str(minimum), min_volume_cm3=minimum))
+        heart = segment_ct(hu, GEOMETRY, runtime)["Heart"].full(GEOMETRY.shape)
+        assert (np.count_nonzero(heart & truth) < 0.05 * truth.sum()) == refined, minimum

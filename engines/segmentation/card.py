@@ -216,10 +216,17 @@ class RegionSpec(_Strict):
     plus ``margin_mm`` on every side, usually on a finer grid; its outputs replace the
     first model's structures of the same names. When none of ``around`` was found it
     does not run.
+
+    ``min_volume_cm3``: only structures of at least this volume are refined (and seed the
+    region); smaller ones stay as the first model drew them. A refinement model trained on
+    crops around real organs has learnt that its crop holds one: shown the crop around a
+    first model's small false positive, it may draw a whole organ there, so the gate keeps
+    it from deciding whether an organ is present.
     """
 
     around: tuple[str, ...] = Field(min_length=1)
     margin_mm: float = Field(default=20.0, ge=0.0, le=200.0)
+    min_volume_cm3: float = Field(default=0.0, ge=0.0)
 
 
 class ModelCard(_Strict):

@@ -188,14 +188,20 @@ def refine(
     """A refinement model's structures, from the box around those of ``found`` its region names.
 
     Only outputs already in ``found`` are refined (a label the first model did not find,
-    or left out, stays out). The refinement stands: a structure it does not find maps to
+    or left out, stays out), and only those of at least the region's ``min_volume_cm3``. The refinement stands: a structure it does not find maps to
     None (the caller drops the first model's contour), with a log line. Empty when none of
     the region's structures was found.
     """
     region = refiner.card.region
     assert region is not None  # open_runtime checks refiners have one
-    seeds = [found[name] for name in region.around if name in found]
-    wanted = [label for label in refiner.card.outputs.labels if label.name in found]
+    voxel_cm3 = float(np.prod(geometry.spacing_mm)) / 1000.0
+    large = {
+        name
+        for name, mask in found.items()
+        if np.count_nonzero(mask.mask) * voxel_cm3 >= region.min_volume_cm3
+    }
+    seeds = [found[name] for name in region.around if name in large]
+    wanted = [label for label in refiner.card.outputs.labels if label.name in large]
     if not seeds or not wanted:
         return {}
     union = np.zeros(geometry.shape, dtype=bool)
