@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from engines.segmentation.training.phantom import LABELS
@@ -12,7 +13,7 @@ PATCH_SIZE = (128, 128, 32)
 
 # TG-263 name -> (display colour, RT ROI Interpreted Type, post-processing); colours as
 # in config/structures.yaml.
-_OUTPUTS: dict[str, tuple[tuple[int, int, int], str, dict[str, bool]]] = {
+OUTPUTS: dict[str, tuple[tuple[int, int, int], str, dict[str, bool]]] = {
     "External": ((0, 255, 0), "EXTERNAL", {"largest_component": True, "fill_holes": True}),
     "Lung_L": ((0, 200, 255), "ORGAN", {"largest_component": True, "fill_holes": False}),
     "Lung_R": ((255, 200, 0), "ORGAN", {"largest_component": True, "fill_holes": False}),
@@ -41,13 +42,16 @@ LIMITATIONS = (
 
 
 def card_template(
-    training: dict[str, Any], validation: dict[str, Any] | None = None
+    training: dict[str, Any],
+    validation: dict[str, Any] | None = None,
+    refined_by: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The thorax card (without model_file and sha256, which the export fills in)."""
+    """The thorax card (without model_file and sha256, which the export fills in);
+    ``refined_by``: the refinement cards (engines/segmentation/training/refine.py)."""
     labels = []
     for index, name in enumerate(LABELS[1:], start=1):
         key = "External" if name == "Body" else name
-        colour, kind, post = _OUTPUTS[key]
+        colour, kind, post = OUTPUTS[key]
         entry: dict[str, Any] = {
             "index": index,
             "name": key,
@@ -82,6 +86,7 @@ def card_template(
             "channels": len(LABELS),
             "labels": labels,
         },
+        "refined_by": list(refined_by),
         "limitations": list(LIMITATIONS),
         "training": training,
         "validation": validation or {},

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import multiprocessing
 import platform
 import time
@@ -28,16 +27,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.losses import DiceCELoss
 
 from engines.segmentation.card import InputSpec
 from engines.segmentation.export import export_model
 from engines.segmentation.network import build_network, save_checkpoint, thorax_network_spec
 from engines.segmentation.processing import air_value
-from engines.segmentation.runtime import RuntimeSettings, open_runtime
 from engines.segmentation.training.data import Sample, make_sample
-from engines.segmentation.training.evaluate import HELD_OUT_SEED, evaluate, format_table
+from engines.segmentation.training.evaluate import format_table
+from engines.segmentation.training.loop import fit
 from engines.segmentation.training.phantom import BREAST_L, BREAST_R, CORD, ESOPHAGUS, HEART, LABELS
+from engines.segmentation.training.refine import REFINERS, evaluate_cascade, train_refiner
 from engines.segmentation.training.thorax import PATCH_SIZE, card_template
 
 logger = logging.getLogger("rtnode.train")
@@ -165,43 +164,9 @@ def train(
     """Train the thorax network; returns it (eval mode) and the loss every 50 steps."""
     torch.manual_seed(seed)
     spec = thorax_network_spec(len(LABELS))
-    network = build_network(spec).to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
-    network.train()
+    network = build_network(spec)
     sampler = PatchSampler(samples, PATCH_SIZE, air_value(model_spec()), seed)
-    loss_fn = DiceCELoss(softmax=True, include_background=False, batch=True)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: lr_factor(step, steps))
-    history, running, start = [], 0.0, time.perf_counter()
-    for step in range(1, steps + 1):
-        images, targets = sampler.batch(batch)
-        loss = loss_fn(network(images.to(memory_format=torch.channels_last_3d)), targets)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        running += loss.item()
-        if step % 50 == 0:
-            history.append(round(running / 50, 4))
-            elapsed = time.perf_counter() - start
-            logger.info(
-                "step %d/%d loss %.4f (%.0f s, %.2f s/step)",
-                step,
-                steps,
-                running / 50,
-                elapsed,
-                elapsed / step,
-            )
-            running = 0.0
-    network = network.to(memory_format=torch.contiguous_format).eval()
-    return network, history
-
-
-def lr_factor(step: int, steps: int, warmup: int = 30) -> float:
-    """Linear warm-up, then cosine decay to 2% of the base learning rate."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return fit(network, lambda: sampler.batch(batch), steps, lr)
 
 
 # --------------------------------------------------------------------------- command
@@ -228,7 +193,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--eval-phantoms", type=int, default=8, help="held-out phantoms scored after export"
     )
+    parser.add_argument(
+        "--refiners",
+        default=",".join(REFINERS),
+        help=f"refinement models to train after the thorax model, comma-separated "
+        f"({', '.join(REFINERS)}; empty for none); written as OUT_<organ>.onnx/.yaml",
+    )
+    parser.add_argument(
+        "--refiner-steps", type=int, help="override every refiner's steps (quick trials)"
+    )
+    parser.add_argument(
+        "--refiner-phantoms", type=int, help="override every refiner's phantom count"
+    )
     args = parser.parse_args(argv)
+    refiners = [
+        REFINERS[key].adjusted(args.refiner_steps, args.refiner_phantoms)
+        for key in args.refiners.split(",")
+        if key
+    ]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -258,19 +240,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
     onnx_path = args.out.with_suffix(".onnx")
-    report = export_model(network, card_template(provenance), onnx_path)
+    refined_by = [f"{args.out.name}_{r.key}.yaml" for r in refiners]
+    report = export_model(network, card_template(provenance, refined_by=refined_by), onnx_path)
     logger.info(
         "exported %s (%.1f MB), max |PyTorch - ORT| %.2g",
         onnx_path,
         report.size_bytes / 1e6,
         report.max_abs_diff,
     )
+    for refiner in refiners:
+        out = args.out.parent / f"{args.out.name}_{refiner.key}"
+        train_refiner(refiner, args.work, out, seed=args.seed, jobs=args.jobs, threads=args.threads)
+    refined = time.perf_counter()
 
-    runtime = open_runtime(report.card_path, RuntimeSettings(intra_op_threads=args.threads))
-    result = evaluate(runtime, args.eval_phantoms, HELD_OUT_SEED)
+    result = evaluate_cascade(report.card_path, args.eval_phantoms, args.threads)
+    provenance["minutes"]["refiners"] = round((refined - trained) / 60, 1)
     provenance["minutes"]["total"] = round((time.perf_counter() - started) / 60, 1)
     provenance["export_max_abs_diff"] = float(f"{report.max_abs_diff:.3g}")
-    final = export_model(network, card_template(provenance, result), onnx_path)
+    final = export_model(
+        network, card_template(provenance, result, refined_by=refined_by), onnx_path
+    )
     (args.work / "evaluation.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))
     print(f"model {final.onnx_path} ({final.size_bytes / 1e6:.1f} MB), card {final.card_path}")

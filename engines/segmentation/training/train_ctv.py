@@ -52,8 +52,9 @@ from engines.segmentation.training.ctv_data import (
     make_ctv_sample,
     model_spec,
 )
+from engines.segmentation.training.loop import lr_factor
 from engines.segmentation.training.losses import present_dice_ce
-from engines.segmentation.training.train import lr_factor, one_torch_thread
+from engines.segmentation.training.train import one_torch_thread
 
 logger = logging.getLogger("rtnode.train_ctv")
 
