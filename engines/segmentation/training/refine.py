@@ -513,8 +513,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     card_path = train_refiner(
         refiner, args.work, out, seed=args.seed, jobs=args.jobs, threads=args.threads
     )
-    thorax_card = load_card(args.thorax)
-    if card_path.resolve() not in {p.resolve() for p in thorax_card.refiner_paths(args.thorax)}:
+    thorax_card = load_card(args.thorax) if args.thorax.is_file() else None
+    listed = thorax_card.refiner_paths(args.thorax) if thorax_card else ()
+    if card_path.resolve() not in {p.resolve() for p in listed}:
         print(f"{args.thorax} does not list {card_path.name} in refined_by: not evaluated")
         return 0
     result = evaluate_cascade(args.thorax, args.eval_phantoms, args.threads)

@@ -52,7 +52,7 @@ from engines.segmentation.training.ctv_data import (
     make_ctv_sample,
     model_spec,
 )
-from engines.segmentation.training.loop import lr_factor
+from engines.segmentation.training.loop import fit_steps
 from engines.segmentation.training.losses import present_dice_ce
 from engines.segmentation.training.train import one_torch_thread
 
@@ -218,31 +218,14 @@ def train(
         network.load_state_dict(previous.state_dict())
     network.train()
     sampler = CTVPatchSampler(samples, air_value(model_spec()), seed, multimodal)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: lr_factor(step, steps))
-    history, running, start = [], 0.0, time.perf_counter()
-    for step in range(1, steps + 1):
+
+    def step_loss() -> torch.Tensor:
         images, targets, contexts = sampler.batch(1)
         logits = network(images, contexts) if multimodal else network(images)
-        loss = present_dice_ce(logits, targets)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        running += loss.item()
-        if step % 50 == 0:
-            history.append(round(running / 50, 4))
-            elapsed = time.perf_counter() - start
-            logger.info(
-                "%s step %d/%d loss %.4f (%.0f s, %.2f s/step)",
-                "multimodal" if multimodal else "vision-only",
-                step,
-                steps,
-                running / 50,
-                elapsed,
-                elapsed / step,
-            )
-            running = 0.0
+        return present_dice_ce(logits, targets)
+
+    label = "multimodal" if multimodal else "vision-only"
+    history = fit_steps(network, step_loss, steps, lr, label)
     return network.eval(), history
 
 
