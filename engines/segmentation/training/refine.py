@@ -1,17 +1,21 @@
-"""Training data and training for a *refinement* model: one organ on a finer grid.
+"""Training data and training for *refinement* models: organs redrawn around them.
 
-The thorax model sees the CT on a 2 x 2 x 3 mm grid; a 15-20 mm esophagus is then 7-10
-model voxels across, and a boundary one model voxel off costs a large share of its
-volume. A refinement model runs second, only on the box around the first model's
-contour of the organ (plus ``REGION_MARGIN_MM``), on a 1 x 1 x 2 mm grid, and replaces
-that contour (card field ``region``, docs/segmentation.md, "Cascades").
+The thorax model sees the CT on a 2 x 2 x 3 mm grid and shares its training between eight
+structures. A refinement model runs second, only in the box around the thorax model's
+contours of its organs (plus a margin), on its own grid, and replaces those contours
+(card fields ``refined_by`` and ``region``; docs/segmentation.md, "Cascades"). Two are
+defined in :data:`REFINERS`: the esophagus on a 1 x 1 x 2 mm grid (a 15-20 mm tube is
+7-10 thorax-model voxels across, so one voxel of boundary error costs a large share of
+its volume) and the breasts, whose shape the thorax model learns poorly.
 
-Training samples imitate what the engine will feed it: a phantom scanned on a random
-acquisition (like :mod:`engines.segmentation.training.data`), cropped to the organ's box
-with each side moved by up to ``BOX_JITTER_MM`` (the first model's contour is not exact)
-plus the margin, and preprocessed with the refinement card's input spec. Only a window
-around the organ is rendered, so a sample costs a fraction of a whole scan. Targets are
-soft, from 2 x 2 in-plane sub-positions, as for the thorax model.
+Training samples imitate what the engine will feed a refinement: a phantom scanned on a
+random acquisition (like :mod:`engines.segmentation.training.data`), cropped to the
+organs' box with each side moved by up to ``jitter_mm`` (the first model's contour is not
+exact) plus the region's margin, and preprocessed with the refinement card's input spec.
+Only a window around the organs is rendered, so a sample costs a fraction of a whole
+scan. Targets are soft, from 2 x 2 in-plane sub-positions, as for the thorax model.
+
+    .venv/bin/python -m engines.segmentation.training.refine --organ esophagus
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from engines.segmentation.card import InputSpec, load_card, write_card
 from engines.segmentation.export import export_model
 from engines.segmentation.network import build_network, save_checkpoint, thorax_network_spec
 from engines.segmentation.processing import (
+    VolumeGeometry,
     air_value,
     crop,
     grid_coordinates_lps,
+    margin_px,
     preprocess,
     to_metatensor,
 )
@@ -114,7 +120,7 @@ def make_refine_sample(
     organ = np.isin(truth, labels)
     if not organ.any():
         return None
-    box = _jittered_box(organ, geometry.spacing_mm, margin_mm, jitter_mm, rng)
+    box = _jittered_box(organ, geometry, margin_mm, jitter_mm, rng)
     image = preprocess(crop(to_metatensor(hu, geometry), box), spec)
     xs, ys, zs = grid_coordinates_lps(image)
     step_x = float(abs(xs[1] - xs[0])) if xs.size > 1 else spec.spacing_mm[0]
@@ -168,13 +174,14 @@ def _window(
 
 def _jittered_box(
     organ: npt.NDArray[np.bool_],
-    spacing_mm: tuple[float, float, float],
+    geometry: VolumeGeometry,
     margin_mm: float,
     jitter_mm: float,
     rng: np.random.Generator,
 ) -> tuple[slice, slice, slice]:
     """The organ's (slice, row, column) box, each side moved by up to the jitter, plus margin."""
-    margin = margin_px_from(spacing_mm, margin_mm)
+    spacing_mm = geometry.spacing_mm
+    margin = margin_px(geometry, margin_mm)
     box = []
     for axis in range(3):
         others = tuple(a for a in range(3) if a != axis)
@@ -184,13 +191,6 @@ def _jittered_box(
         hi = min(int(hits[-1]) + 1 + margin[axis] + jitter[1], organ.shape[axis])
         box.append(slice(lo, max(hi, lo + 1)))
     return box[0], box[1], box[2]
-
-
-def margin_px_from(
-    spacing_mm: tuple[float, float, float], margin_mm: float
-) -> tuple[int, int, int]:
-    """``margin_mm`` in whole voxels along (slice, row, column) of a grid with this spacing."""
-    return tuple(int(np.ceil(margin_mm / s)) for s in spacing_mm)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- training
