@@ -144,7 +144,6 @@ class ModelRuntime:
             f"model {card.name} {card.version} ({card.precision}{mirrored}) on {self.providers[0]}"
         )
         for refiner in self.refiners:
-            assert refiner.card.region is not None  # open_runtime checks
             names = ", ".join(label.name for label in refiner.card.outputs.labels)
             line += f"; {names} refined by {refiner.summary()}"
         return line
