@@ -1,4 +1,4 @@
-"""The training loop shared by the thorax model and its refinement models."""
+"""The training loop shared by the thorax model, its refinement models and the CTV models."""
 
 from __future__ import annotations
 
