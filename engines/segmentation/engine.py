@@ -188,27 +188,25 @@ def refine(
     """A refinement model's structures, from the box around those of ``found`` its region names.
 
     Only outputs already in ``found`` are refined (a label the first model did not find,
-    or left out, stays out), and only those of at least the region's ``min_volume_cm3``. The refinement stands: a structure it does not find maps to
-    None (the caller drops the first model's contour), with a log line. Empty when none of
-    the region's structures was found.
+    or left out, stays out), and only those of at least the region's ``min_volume_cm3``.
+    The refinement stands: a structure it does not find maps to None (the caller drops
+    the first model's contour), with a log line. Empty when none of the region's
+    structures was found.
     """
     region = refiner.card.region
     assert region is not None  # open_runtime checks refiners have one
     voxel_cm3 = float(np.prod(geometry.spacing_mm)) / 1000.0
+    names = {*region.around, *(label.name for label in refiner.card.outputs.labels)}
     large = {
         name
-        for name, mask in found.items()
-        if np.count_nonzero(mask.mask) * voxel_cm3 >= region.min_volume_cm3
+        for name in names & found.keys()
+        if np.count_nonzero(found[name].mask) * voxel_cm3 >= region.min_volume_cm3
     }
-    seeds = [found[name] for name in region.around if name in large]
     wanted = [label for label in refiner.card.outputs.labels if label.name in large]
-    if not seeds or not wanted:
-        return {}
-    union = np.zeros(geometry.shape, dtype=bool)
-    for seed in seeds:
-        union[seed.box] |= seed.mask
-    box = body_box(union, margin_px(geometry, region.margin_mm))
-    if box is None:
+    box = _grown_box(
+        [found[name] for name in region.around if name in large], geometry, region.margin_mm
+    )
+    if box is None or not wanted:
         return {}
     image = preprocess(crop(to_metatensor(hu, geometry), box), refiner.card.input)
     probs = infer(image, refiner.predictor(), refiner.card.input)
@@ -223,6 +221,35 @@ def refine(
                 label.name,
             )
     return out
+
+
+def _grown_box(
+    masks: Iterable[BoxMask], geometry: VolumeGeometry, margin_mm: float
+) -> tuple[slice, slice, slice] | None:
+    """The (slice, row, column) box of the voxels of ``masks``, grown by ``margin_mm`` and
+    clipped to the CT grid (what ``body_box`` gives for their union, without drawing the
+    union on the whole grid); None when they are all empty."""
+    spans = []
+    for found in masks:
+        inner = body_box(found.mask, (0, 0, 0))
+        if inner is not None:
+            spans.append(
+                [
+                    (o.start + i.start, o.start + i.stop)
+                    for o, i in zip(found.box, inner, strict=True)
+                ]
+            )
+    if not spans:
+        return None
+    margin = margin_px(geometry, margin_mm)
+    box = [
+        slice(
+            max(min(span[axis][0] for span in spans) - margin[axis], 0),
+            min(max(span[axis][1] for span in spans) + margin[axis], geometry.shape[axis]),
+        )
+        for axis in range(3)
+    ]
+    return box[0], box[1], box[2]
 
 
 def _masks(

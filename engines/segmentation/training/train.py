@@ -240,7 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
     }
     onnx_path = args.out.with_suffix(".onnx")
-    refined_by = [f"{args.out.name}_{r.key}.yaml" for r in refiners]
+    outs = [args.out.parent / f"{args.out.name}_{r.key}" for r in refiners]
+    refined_by = [f"{out.name}.yaml" for out in outs]
     report = export_model(network, card_template(provenance, refined_by=refined_by), onnx_path)
     logger.info(
         "exported %s (%.1f MB), max |PyTorch - ORT| %.2g",
@@ -248,8 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report.size_bytes / 1e6,
         report.max_abs_diff,
     )
-    for refiner in refiners:
-        out = args.out.parent / f"{args.out.name}_{refiner.key}"
+    for refiner, out in zip(refiners, outs, strict=True):
         train_refiner(refiner, args.work, out, seed=args.seed, jobs=args.jobs, threads=args.threads)
     refined = time.perf_counter()
 
