@@ -37,6 +37,13 @@ def add_model_parsers(subparsers: Any) -> None:
     )
     export.add_argument("--out", type=Path, required=True, help="MODEL.onnx (card: MODEL.yaml)")
     export.add_argument("--tolerance", type=float, default=1e-3, help="max |PyTorch - ORT| allowed")
+    export.add_argument(
+        "--axis-order",
+        type=_axis_order,
+        default=(0, 1, 2),
+        help="export on the model grid with spatial axes permuted, e.g. 2,1,0 (the card's "
+        "orientation, spacing and patch follow); default: as trained",
+    )
     export.set_defaults(func=cmd_export_model)
 
     check = subparsers.add_parser("check-model", help="validate model cards and their model files")
@@ -49,6 +56,17 @@ def add_model_parsers(subparsers: Any) -> None:
     check.set_defaults(func=cmd_check_model)
 
 
+def _axis_order(text: str) -> tuple[int, int, int]:
+    """``2,1,0`` -> (2, 1, 0): a permutation of the three spatial axes."""
+    try:
+        order = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        order = ()
+    if sorted(order) != [0, 1, 2]:
+        raise argparse.ArgumentTypeError(f"not a permutation of 0,1,2: {text!r}")
+    return (order[0], order[1], order[2])
+
+
 def cmd_export_model(args: argparse.Namespace) -> int:
     """Export a checkpoint; 0 on success, 1 when the export or the comparison fails."""
     from engines.segmentation.card import ModelCardError
@@ -58,7 +76,9 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     try:
         network, _ = load_checkpoint(args.checkpoint)
         template = load_card_template(args.card_template)
-        report = export_model(network, template, args.out, tolerance=args.tolerance)
+        report = export_model(
+            network, template, args.out, tolerance=args.tolerance, axis_order=args.axis_order
+        )
     except (OSError, ValueError, ModelCardError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,11 @@
 1. Same weights, same input: the shipped network in PyTorch eager (``torch.inference_mode``)
    and the exported ONNX model in ONNX Runtime (CPU, the engine's session options), on one
    card-sized patch and on a whole model-grid volume by MONAI sliding-window inference.
+   The shipped model's grid is the training grid with its axes permuted (the card's
+   ``training.exported_axis_order``; engines/segmentation/export.py): PyTorch runs on it
+   (the same network as the ONNX file) and, as a second peer, on the training grid (the
+   network as trained, the input transposed back), PyTorch's faster layout on this CPU;
+   ONNX Runtime also runs an export on the training grid (``ort_training_grid``).
    Blocks of runs alternate (PyTorch, ORT, PyTorch, ...) so load from other processes
    hits both alike; min and median are printed, with ORT variants (graph optimisation
    level, threads, memory arena, thread spinning). Peak memory of each runtime is measured in its own
@@ -38,24 +43,42 @@ import torch  # noqa: E402
 
 from engines.segmentation.card import file_sha256, load_card  # noqa: E402
 from engines.segmentation.engine import DEFAULT_CARD  # noqa: E402
-from engines.segmentation.export import export_onnx  # noqa: E402
+from engines.segmentation.export import AxisOrder, export_onnx, permute_network  # noqa: E402
 from engines.segmentation.network import build_network, load_checkpoint, thorax_network_spec  # noqa: E402
 
 CHECKPOINT = REPO / "var" / "segmentation-training" / "thorax.pt"
 SEED = 1_000_003
-VOLUME_GRID = (208, 160, 150)  # model grid of a 512 x 512 x 150 thorax CT cropped to the body
+# Training grid (RAS) of a 512 x 512 x 150 thorax CT cropped to the body
+VOLUME_GRID = (208, 160, 150)
+
+
+def axis_order() -> AxisOrder:
+    """How the shipped model's grid permutes the training grid."""
+    order = load_card(DEFAULT_CARD).training.get("exported_axis_order", [0, 1, 2])
+    return (int(order[0]), int(order[1]), int(order[2]))
+
+
+def permuted(x: torch.Tensor, order: AxisOrder) -> torch.Tensor:
+    """``x`` (batch, channel, *grid) with its spatial axes permuted by ``order``."""
+    return x.permute(0, 1, *(2 + a for a in order)).contiguous()
+
+
+def shipped_grid(shape: tuple[int, int, int], order: AxisOrder) -> tuple[int, int, int]:
+    return (shape[order[0]], shape[order[1]], shape[order[2]])
 
 
 # --------------------------------------------------------------------------- weights
 
 
 def bench_network(checkpoint: Path, work: Path) -> tuple[torch.nn.Module, Path, str]:
-    """The PyTorch network and its ONNX export (same weights), and where they came from."""
+    """The PyTorch network as trained, its ONNX export on the shipped grid (same weights),
+    and where they came from."""
     card = load_card(DEFAULT_CARD)
     onnx_path = work / "bench.onnx"
+    order = axis_order()
     if checkpoint.exists():
         network, _ = load_checkpoint(checkpoint)
-        export_onnx(network, onnx_path, card.input.patch_size)
+        export_onnx(permute_network(network, order), onnx_path, card.input.patch_size)
         same = file_sha256(onnx_path) == card.sha256
         source = f"checkpoint {checkpoint.name} (export {'==' if same else '!='} shipped sha256)"
     else:
@@ -65,7 +88,7 @@ def bench_network(checkpoint: Path, work: Path) -> tuple[torch.nn.Module, Path, 
             if isinstance(module, torch.nn.BatchNorm3d):
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
-        export_onnx(network, onnx_path, card.input.patch_size)
+        export_onnx(permute_network(network, order), onnx_path, card.input.patch_size)
         source = "seeded initialisation (no checkpoint found)"
     return network, onnx_path, source
 
@@ -109,13 +132,17 @@ def alternating(runs: dict[str, Any], rounds: int, block: int = 3) -> dict[str, 
 
 
 def patch_and_volume(
-    network: torch.nn.Module, onnx_path: Path, threads: int, reps: int
+    trained: torch.nn.Module, onnx_path: Path, threads: int, reps: int
 ) -> dict[str, Any]:
     from monai.inferers import sliding_window_inference
 
     card = load_card(DEFAULT_CARD)
+    order = axis_order()
+    inverse: AxisOrder = (order.index(0), order.index(1), order.index(2))
+    network = permute_network(trained, order)  # the ONNX file's network, in PyTorch
     patch = card.input.patch_size
     x = torch.randn(1, 1, *patch, generator=torch.Generator().manual_seed(0))
+    x_trained = permuted(x, inverse)
     xn = x.numpy()
     sessions = {
         "ort": ort_session(onnx_path, threads),
@@ -125,33 +152,52 @@ def patch_and_volume(
         "ort_no_spinning": ort_session(onnx_path, threads, spinning="0"),
     }
     runs: dict[str, Any] = {"pytorch": lambda: network(x)}
+    if order != (0, 1, 2):
+        runs["pytorch_training_grid"] = lambda: trained(x_trained)
     for name, session in sessions.items():
         runs[name] = lambda s=session: s.run(None, {"image": xn})
+    if order != (0, 1, 2):
+        trained_onnx = onnx_path.with_name("bench_training_grid.onnx")
+        export_onnx(trained, trained_onnx, shipped_grid(patch, inverse))
+        session_trained = ort_session(trained_onnx, threads)
+        xn_trained = x_trained.numpy()
+        runs["ort_training_grid"] = lambda: session_trained.run(None, {"image": xn_trained})
     with torch.inference_mode():
         per_patch = alternating(runs, reps)
         with torch.no_grad():
             expected = network(x).numpy()
         diff = float(np.abs(sessions["ort"].run(None, {"image": xn})[0] - expected).max())
 
-        volume = torch.randn(1, 1, *VOLUME_GRID, generator=torch.Generator().manual_seed(1))
+        volume = torch.randn(
+            1, 1, *shipped_grid(VOLUME_GRID, order), generator=torch.Generator().manual_seed(1)
+        )
+        volume_trained = permuted(volume, inverse)
+        patch_trained = shipped_grid(patch, inverse)
         session = sessions["ort"]
 
         def ort_predict(b: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run(None, {"image": b.numpy()})[0])
 
-        def sw(predictor: Any) -> Any:
+        def sw(predictor: Any, trained_grid: bool = False) -> Any:
             return lambda: sliding_window_inference(
-                volume, patch, 1, predictor, overlap=card.input.overlap, mode="gaussian"
+                volume_trained if trained_grid else volume,
+                patch_trained if trained_grid else patch,
+                1,
+                predictor,
+                overlap=card.input.overlap,
+                mode="gaussian",
             )
 
-        per_volume = alternating(
-            {"pytorch": sw(network), "ort": sw(ort_predict)}, max(2, reps // 2), block=1
-        )
+        volume_runs = {"pytorch": sw(network), "ort": sw(ort_predict)}
+        if order != (0, 1, 2):
+            volume_runs["pytorch_training_grid"] = sw(trained, trained_grid=True)
+        per_volume = alternating(volume_runs, max(2, reps // 2), block=1)
     return {
         "patch": list(patch),
+        "axis_order": list(order),
         "per_patch": per_patch,
         "max_abs_diff": diff,
-        "volume_grid": list(VOLUME_GRID),
+        "volume_grid": list(shipped_grid(VOLUME_GRID, order)),
         "per_volume": per_volume,
     }
 
@@ -186,10 +232,13 @@ def run_child(kind: str, onnx_path: Path, threads: int) -> None:
 
     card = load_card(DEFAULT_CARD)
     torch.set_num_threads(threads)
-    volume = torch.randn(1, 1, *VOLUME_GRID, generator=torch.Generator().manual_seed(1))
+    order = axis_order()
+    volume = torch.randn(
+        1, 1, *shipped_grid(VOLUME_GRID, order), generator=torch.Generator().manual_seed(1)
+    )
     if kind == "pytorch":
         network = build_network(thorax_network_spec(card.outputs.channels)).eval()
-        predictor: Any = network
+        predictor: Any = permute_network(network, order)
     else:
         session = ort_session(onnx_path, threads)
 
@@ -326,18 +375,25 @@ def report(r: dict[str, Any]) -> str:
     pp, pv = rt["per_patch"], rt["per_volume"]
     lines = [
         f"weights: {r['weights']}; {r['threads']} threads; max |PyTorch - ORT| {rt['max_abs_diff']:.2g}",
-        f"patch {'x'.join(map(str, rt['patch']))}:",
+        f"shipped grid = training grid with axes permuted {tuple(rt['axis_order'])}",
+        f"patch {'x'.join(map(str, rt['patch']))} (shipped grid):",
     ]
+
+    def ratios(runs: dict[str, dict[str, float]], t: dict[str, float]) -> str:
+        text = f"PyTorch/this {runs['pytorch']['median_s'] / t['median_s']:4.2f}x"
+        if "pytorch_training_grid" in runs:
+            best = runs["pytorch_training_grid"]["median_s"] / t["median_s"]
+            text += f"  PyTorch training grid/this {best:4.2f}x"
+        return text
+
     for name, t in pp.items():
-        ratio = pp["pytorch"]["median_s"] / t["median_s"]
         lines.append(
-            f"  {name:16s} min {t['min_s'] * 1000:7.0f} ms  median {t['median_s'] * 1000:7.0f} ms  PyTorch/this {ratio:4.2f}x"
+            f"  {name:22s} min {t['min_s'] * 1000:7.0f} ms  median {t['median_s'] * 1000:7.0f} ms  {ratios(pp, t)}"
         )
-    lines.append(f"sliding window over {'x'.join(map(str, rt['volume_grid']))}:")
+    lines.append(f"sliding window over {'x'.join(map(str, rt['volume_grid']))} (shipped grid):")
     for name, t in pv.items():
-        ratio = pv["pytorch"]["median_s"] / t["median_s"]
         lines.append(
-            f"  {name:16s} min {t['min_s']:6.2f} s  median {t['median_s']:6.2f} s  PyTorch/this {ratio:4.2f}x"
+            f"  {name:22s} min {t['min_s']:6.2f} s  median {t['median_s']:6.2f} s  {ratios(pv, t)}"
         )
     for name, m in r["peak_memory"].items():
         lines.append(

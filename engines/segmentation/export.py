@@ -6,10 +6,18 @@ ONNX model is run in ONNX Runtime (CPU) next to the PyTorch network on the same 
 inputs, at the card's patch size and at a second, different size; the largest absolute
 difference of the logits is reported and must stay below a tolerance. The card is the
 template's content plus the model file name and its sha256.
+
+``axis_order`` exports the network on a permuted model grid: the convolution kernels and
+their per-axis attributes are permuted (an exact rewrite, same weights), and so are the
+card's ``orientation``, ``spacing_mm`` and ``patch_size``, so the engine resamples the CT
+onto the permuted grid itself. The network keeps the layout it was trained in. ONNX
+Runtime's CPU convolutions (im2col + GEMM) are faster when the last axis is not the short
+one; PyTorch's (oneDNN) are faster the other way round (docs/segmentation.md, "Benchmarks").
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from collections.abc import Sequence
@@ -43,6 +51,67 @@ class ExportReport:
     size_bytes: int
     max_abs_diff: float
     shapes_checked: tuple[tuple[int, ...], ...]
+
+
+AxisOrder = tuple[int, int, int]
+_CONV_AXES_ATTRIBUTES = ("kernel_size", "stride", "padding", "dilation", "output_padding")
+# Leaf modules that act per voxel or per channel, the same on any axis order.
+_AXIS_FREE = (
+    nn.BatchNorm3d,
+    nn.InstanceNorm3d,
+    nn.ReLU,
+    nn.PReLU,
+    nn.LeakyReLU,
+    nn.Dropout,
+    nn.Dropout3d,
+    nn.Identity,
+)
+
+
+def permute_network(network: nn.Module, axis_order: AxisOrder) -> nn.Module:
+    """A copy of ``network`` that computes on inputs whose spatial axes are permuted.
+
+    ``copy(x.permute(0, 1, *(2 + a for a in axis_order)))`` equals ``network(x)`` permuted
+    the same way. Convolution weights and their per-axis attributes are permuted; every
+    other leaf module must act per voxel or per channel (``ValueError`` otherwise).
+    Containers (U-Net skip connections, residual units) must combine their children along
+    channels or element-wise; :func:`export_model` checks the result numerically.
+    """
+    if sorted(axis_order) != [0, 1, 2]:
+        raise ValueError(f"axis_order must be a permutation of (0, 1, 2), got {axis_order}")
+    permuted = copy.deepcopy(network)
+    dims = (0, 1, *(2 + a for a in axis_order))
+    for name, module in permuted.named_modules():
+        if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
+            module.weight.data = module.weight.data.permute(*dims).contiguous()
+            for attribute in _CONV_AXES_ATTRIBUTES:
+                value = getattr(module, attribute, None)
+                if isinstance(value, tuple) and len(value) == 3:
+                    setattr(module, attribute, tuple(value[a] for a in axis_order))
+            pads = module.padding
+            if isinstance(pads, tuple):
+                module._reversed_padding_repeated_twice = [
+                    p for p in reversed(pads) for _ in (0, 1)
+                ]
+        elif not list(module.children()) and not isinstance(module, _AXIS_FREE):
+            raise ValueError(
+                f"cannot permute the axes of {name or 'the network'} ({type(module).__name__})"
+            )
+    return permuted
+
+
+def permute_input_spec(template: dict[str, Any], axis_order: AxisOrder) -> dict[str, Any]:
+    """A card template for the grid permuted by ``axis_order``: the ``input``'s orientation,
+    spacing and patch size, and the axis of a ``test_time_mirror``."""
+    spec = dict(template["input"])
+    spec["orientation"] = "".join(str(spec.get("orientation", "RAS"))[a] for a in axis_order)
+    for key in ("spacing_mm", "patch_size"):
+        spec[key] = [spec[key][a] for a in axis_order]
+    permuted = {**template, "input": spec}
+    mirror = template.get("test_time_mirror")
+    if isinstance(mirror, dict) and "axis" in mirror:
+        permuted["test_time_mirror"] = {**mirror, "axis": axis_order.index(int(mirror["axis"]))}
+    return permuted
 
 
 def export_onnx(
@@ -99,9 +168,12 @@ def max_abs_difference(
     input_name: str = "image",
     seed: int = 0,
     extra_inputs: Sequence[tuple[str, int]] = (),
+    axis_order: AxisOrder = (0, 1, 2),
 ) -> float:
     """Largest |PyTorch - ONNX Runtime| over the logits of random inputs of ``shapes``
-    (extra inputs: random 0/1 vectors)."""
+    (extra inputs: random 0/1 vectors). ONNX Runtime gets each input with its spatial
+    axes permuted by ``axis_order`` and is compared with PyTorch's output permuted alike."""
+    dims = (0, 1, *(2 + a for a in axis_order))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -113,8 +185,8 @@ def max_abs_difference(
             for _, length in extra_inputs
         ]
         with torch.no_grad():
-            expected = network(x, *extra).numpy()
-        feeds = {input_name: x.numpy()}
+            expected = network(x, *extra).permute(*dims).numpy()
+        feeds = {input_name: np.ascontiguousarray(x.permute(*dims).numpy())}
         feeds.update({name: v.numpy() for (name, _), v in zip(extra_inputs, extra, strict=True)})
         (actual,) = session.run(None, feeds)
         worst = max(worst, float(np.max(np.abs(expected - actual))))
@@ -128,13 +200,20 @@ def export_model(
     *,
     tolerance: float = DEFAULT_TOLERANCE,
     card_header: str = "",
+    axis_order: AxisOrder = (0, 1, 2),
 ) -> ExportReport:
     """Export ``network`` to ``onnx_path`` and write its card beside it (same stem, .yaml).
 
     ``card_template`` is a model card without ``model_file`` and ``sha256`` (any values
-    there are replaced). Raises ``ModelCardError`` for an invalid template and
-    ``ValueError`` when ONNX Runtime and PyTorch disagree by more than ``tolerance``.
+    there are replaced), in the layout ``network`` computes in; ``axis_order`` permutes
+    the exported model's grid (see the module docstring). Raises ``ModelCardError`` for an
+    invalid template and ``ValueError`` when ONNX Runtime and PyTorch disagree by more
+    than ``tolerance``.
     """
+    trained = network
+    if axis_order != (0, 1, 2):
+        network = permute_network(network, axis_order)
+        card_template = permute_input_spec(card_template, axis_order)
     template = dict(card_template)
     template.update(model_file=onnx_path.name, sha256="0" * 64)
     try:
@@ -151,9 +230,20 @@ def export_model(
         output_name=draft.outputs.name,
         extra_inputs=extra,
     )
-    shapes: list[tuple[int, ...]] = [(1, 1, *patch), (2, 1, *_other_size(patch))]
+    # Shapes in the trained layout: the check runs the network as trained.
+    inverse = [axis_order.index(axis) for axis in range(3)]
+    trained_patch = (patch[inverse[0]], patch[inverse[1]], patch[inverse[2]])
+    shapes: list[tuple[int, ...]] = [
+        (1, 1, *trained_patch),
+        (2, 1, *_other_size(trained_patch)),
+    ]
     diff = max_abs_difference(
-        network, onnx_path, shapes, input_name=draft.input.name, extra_inputs=extra
+        trained,
+        onnx_path,
+        shapes,
+        input_name=draft.input.name,
+        extra_inputs=extra,
+        axis_order=axis_order,
     )
     logger.info("export %s: max |PyTorch - ONNX Runtime| = %.3g", onnx_path.name, diff)
     if not diff <= tolerance:

@@ -464,6 +464,7 @@ def train_refiner(
         "steps": refiner.steps,
         "batch": 2,
         "patch_size": list(refiner.patch_size),
+        "exported_axis_order": list(thorax.EXPORT_AXIS_ORDER),
         "loss": "soft Dice + cross-entropy (MONAI DiceCELoss), soft targets from 2x2 sub-voxel labels",
         "optimiser": f"AdamW lr {refiner.lr} cosine, weight decay 1e-4",
         "seed": seed,
@@ -474,7 +475,12 @@ def train_refiner(
             "training": round((trained - generated) / 60, 1),
         },
     }
-    report = export_model(network, refiner.card_template(provenance), out.with_suffix(".onnx"))
+    report = export_model(
+        network,
+        refiner.card_template(provenance),
+        out.with_suffix(".onnx"),
+        axis_order=thorax.EXPORT_AXIS_ORDER,
+    )
     logger.info(
         "exported %s (%.1f MB), max |PyTorch - ORT| %.2g",
         report.onnx_path,

@@ -37,7 +37,7 @@ from engines.segmentation.training.evaluate import format_table
 from engines.segmentation.training.loop import fit
 from engines.segmentation.training.phantom import BREAST_L, BREAST_R, CORD, ESOPHAGUS, HEART, LABELS
 from engines.segmentation.training.refine import REFINERS, evaluate_cascade, train_refiner
-from engines.segmentation.training.thorax import PATCH_SIZE, card_template
+from engines.segmentation.training.thorax import EXPORT_AXIS_ORDER, PATCH_SIZE, card_template
 
 logger = logging.getLogger("rtnode.train")
 
@@ -229,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "steps": args.steps,
         "batch": args.batch,
         "patch_size": list(PATCH_SIZE),
+        "exported_axis_order": list(EXPORT_AXIS_ORDER),
         "loss": "soft Dice + cross-entropy (MONAI DiceCELoss), soft targets from 2x2 sub-voxel labels",
         "optimiser": f"AdamW lr {args.lr} cosine, weight decay 1e-4",
         "seed": args.seed,
@@ -242,7 +243,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     onnx_path = args.out.with_suffix(".onnx")
     outs = [args.out.parent / f"{args.out.name}_{r.key}" for r in refiners]
     refined_by = [f"{out.name}.yaml" for out in outs]
-    report = export_model(network, card_template(provenance, refined_by=refined_by), onnx_path)
+    report = export_model(
+        network,
+        card_template(provenance, refined_by=refined_by),
+        onnx_path,
+        axis_order=EXPORT_AXIS_ORDER,
+    )
     logger.info(
         "exported %s (%.1f MB), max |PyTorch - ORT| %.2g",
         onnx_path,
@@ -258,7 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     provenance["minutes"]["total"] = round((time.perf_counter() - started) / 60, 1)
     provenance["export_max_abs_diff"] = float(f"{report.max_abs_diff:.3g}")
     final = export_model(
-        network, card_template(provenance, result, refined_by=refined_by), onnx_path
+        network,
+        card_template(provenance, result, refined_by=refined_by),
+        onnx_path,
+        axis_order=EXPORT_AXIS_ORDER,
     )
     (args.work / "evaluation.json").write_text(json.dumps(result, indent=2))
     print(format_table(result))
