@@ -307,7 +307,7 @@ class Refiner:
         x, y, z = self.spacing_mm
         return {
             "name": self.card_name,
-            "version": "1.0.0",
+            "version": thorax.CARD_VERSION,
             "intended_use": (
                 f"Second stage of {thorax.CARD_NAME}: redraws its {self.what} on a "
                 f"{x:g} x {y:g} x {z:g} mm grid inside the box around them (plus "
@@ -359,7 +359,7 @@ REFINERS: dict[str, Refiner] = {
         jitter_mm=BOX_JITTER_MM,
         min_volume_cm3=0.0,
         phantoms=96,
-        steps=3000,
+        steps=2000,
         lr=2e-3,
         what="esophagus",
     ),
@@ -374,7 +374,7 @@ REFINERS: dict[str, Refiner] = {
         # thorax model's breasts on flat chests <= 61 cm3, on real breasts >= 187 cm3
         min_volume_cm3=100.0,
         phantoms=160,
-        steps=3000,
+        steps=2000,
         lr=2e-3,
         what="breasts",
     ),

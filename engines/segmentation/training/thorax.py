@@ -8,7 +8,7 @@ from typing import Any
 from engines.segmentation.training.phantom import LABELS
 
 CARD_NAME = "rtnode-thorax-phantom"
-CARD_VERSION = "1.0.0"
+CARD_VERSION = "1.1.0"  # 1.1.0: exported slices first (SAR); refinements trained 2,000 steps
 PATCH_SIZE = (128, 128, 32)
 # The networks train on an RAS grid (x, y, z: the short patch axis last, PyTorch's fast
 # layout on this CPU) and are exported slices first (SAR: z, y, x), where ONNX Runtime
