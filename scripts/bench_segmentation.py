@@ -86,6 +86,7 @@ def bench_network(checkpoint: Path, work: Path) -> tuple[torch.nn.Module, Path, 
         network = build_network(thorax_network_spec(card.outputs.channels)).eval()
         for module in network.modules():
             if isinstance(module, torch.nn.BatchNorm3d):
+                assert module.running_mean is not None and module.running_var is not None
                 module.running_mean.uniform_(-0.5, 0.5)
                 module.running_var.uniform_(0.5, 2.0)
         export_onnx(permute_network(network, order), onnx_path, card.input.patch_size)
@@ -297,7 +298,7 @@ def pipeline_seconds(files: list[Path], out_dir: Path, threads: int) -> dict[str
         fn()
         steps[name] = round(time.perf_counter() - start, 2)
     steps["total"] = round(sum(steps.values()), 2)
-    steps["structures"] = len(ctx.structures)  # type: ignore[assignment]
+    steps["structures"] = len(ctx.structures)
     return steps
 
 
