@@ -43,7 +43,14 @@ import torch  # noqa: E402
 
 from engines.segmentation.card import file_sha256, load_card  # noqa: E402
 from engines.segmentation.engine import DEFAULT_CARD  # noqa: E402
-from engines.segmentation.export import AxisOrder, export_onnx, permute_network  # noqa: E402
+from engines.segmentation.export import (  # noqa: E402
+    AxisOrder,
+    export_onnx,
+    inverse_order,
+    permute_axes,
+    permute_network,
+    tensor_dims,
+)
 from engines.segmentation.network import build_network, load_checkpoint, thorax_network_spec  # noqa: E402
 
 CHECKPOINT = REPO / "var" / "segmentation-training" / "thorax.pt"
@@ -60,11 +67,7 @@ def axis_order() -> AxisOrder:
 
 def permuted(x: torch.Tensor, order: AxisOrder) -> torch.Tensor:
     """``x`` (batch, channel, *grid) with its spatial axes permuted by ``order``."""
-    return x.permute(0, 1, *(2 + a for a in order)).contiguous()
-
-
-def shipped_grid(shape: tuple[int, int, int], order: AxisOrder) -> tuple[int, int, int]:
-    return (shape[order[0]], shape[order[1]], shape[order[2]])
+    return x.permute(*tensor_dims(order)).contiguous()
 
 
 # --------------------------------------------------------------------------- weights
@@ -139,7 +142,7 @@ def patch_and_volume(
 
     card = load_card(DEFAULT_CARD)
     order = axis_order()
-    inverse: AxisOrder = (order.index(0), order.index(1), order.index(2))
+    inverse = inverse_order(order)
     network = permute_network(trained, order)  # the ONNX file's network, in PyTorch
     patch = card.input.patch_size
     x = torch.randn(1, 1, *patch, generator=torch.Generator().manual_seed(0))
@@ -159,7 +162,7 @@ def patch_and_volume(
         runs[name] = lambda s=session: s.run(None, {"image": xn})
     if order != (0, 1, 2):
         trained_onnx = onnx_path.with_name("bench_training_grid.onnx")
-        export_onnx(trained, trained_onnx, shipped_grid(patch, inverse))
+        export_onnx(trained, trained_onnx, permute_axes(patch, inverse))
         session_trained = ort_session(trained_onnx, threads)
         xn_trained = x_trained.numpy()
         runs["ort_training_grid"] = lambda: session_trained.run(None, {"image": xn_trained})
@@ -170,10 +173,10 @@ def patch_and_volume(
         diff = float(np.abs(sessions["ort"].run(None, {"image": xn})[0] - expected).max())
 
         volume = torch.randn(
-            1, 1, *shipped_grid(VOLUME_GRID, order), generator=torch.Generator().manual_seed(1)
+            1, 1, *permute_axes(VOLUME_GRID, order), generator=torch.Generator().manual_seed(1)
         )
         volume_trained = permuted(volume, inverse)
-        patch_trained = shipped_grid(patch, inverse)
+        patch_trained = permute_axes(patch, inverse)
         session = sessions["ort"]
 
         def ort_predict(b: torch.Tensor) -> torch.Tensor:
@@ -198,7 +201,7 @@ def patch_and_volume(
         "axis_order": list(order),
         "per_patch": per_patch,
         "max_abs_diff": diff,
-        "volume_grid": list(shipped_grid(VOLUME_GRID, order)),
+        "volume_grid": list(permute_axes(VOLUME_GRID, order)),
         "per_volume": per_volume,
     }
 
@@ -235,7 +238,7 @@ def run_child(kind: str, onnx_path: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     order = axis_order()
     volume = torch.randn(
-        1, 1, *shipped_grid(VOLUME_GRID, order), generator=torch.Generator().manual_seed(1)
+        1, 1, *permute_axes(VOLUME_GRID, order), generator=torch.Generator().manual_seed(1)
     )
     if kind == "pytorch":
         network = build_network(thorax_network_spec(card.outputs.channels)).eval()

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
@@ -54,6 +54,7 @@ class ExportReport:
 
 
 AxisOrder = tuple[int, int, int]
+T = TypeVar("T")
 _CONV_AXES_ATTRIBUTES = ("kernel_size", "stride", "padding", "dilation", "output_padding")
 # Leaf modules that act per voxel or per channel, the same on any axis order.
 _AXIS_FREE = (
@@ -68,10 +69,25 @@ _AXIS_FREE = (
 )
 
 
+def tensor_dims(axis_order: AxisOrder) -> tuple[int, ...]:
+    """``Tensor.permute`` dims that permute the spatial axes of (batch, channel, *grid)."""
+    return (0, 1, *(2 + a for a in axis_order))
+
+
+def inverse_order(axis_order: AxisOrder) -> AxisOrder:
+    """The permutation that undoes ``axis_order``."""
+    return (axis_order.index(0), axis_order.index(1), axis_order.index(2))
+
+
+def permute_axes(values: Sequence[T], axis_order: AxisOrder) -> tuple[T, T, T]:
+    """Per-axis ``values`` (spacing, patch size, kernel size...) in the permuted order."""
+    return (values[axis_order[0]], values[axis_order[1]], values[axis_order[2]])
+
+
 def permute_network(network: nn.Module, axis_order: AxisOrder) -> nn.Module:
     """A copy of ``network`` that computes on inputs whose spatial axes are permuted.
 
-    ``copy(x.permute(0, 1, *(2 + a for a in axis_order)))`` equals ``network(x)`` permuted
+    ``copy(x.permute(*tensor_dims(axis_order)))`` equals ``network(x)`` permuted
     the same way. Convolution weights and their per-axis attributes are permuted; every
     other leaf module must act per voxel or per channel (``ValueError`` otherwise).
     Containers (U-Net skip connections, residual units) must combine their children along
@@ -80,14 +96,14 @@ def permute_network(network: nn.Module, axis_order: AxisOrder) -> nn.Module:
     if sorted(axis_order) != [0, 1, 2]:
         raise ValueError(f"axis_order must be a permutation of (0, 1, 2), got {axis_order}")
     permuted = copy.deepcopy(network)
-    dims = (0, 1, *(2 + a for a in axis_order))
+    dims = tensor_dims(axis_order)
     for name, module in permuted.named_modules():
         if isinstance(module, (nn.Conv3d, nn.ConvTranspose3d)):
             module.weight.data = module.weight.data.permute(*dims).contiguous()
             for attribute in _CONV_AXES_ATTRIBUTES:
                 value = getattr(module, attribute, None)
                 if isinstance(value, tuple) and len(value) == 3:
-                    setattr(module, attribute, tuple(value[a] for a in axis_order))
+                    setattr(module, attribute, permute_axes(value, axis_order))
             pads = module.padding
             if isinstance(pads, tuple):
                 module._reversed_padding_repeated_twice = [
@@ -106,7 +122,7 @@ def permute_input_spec(template: dict[str, Any], axis_order: AxisOrder) -> dict[
     spec = dict(template["input"])
     spec["orientation"] = "".join(str(spec.get("orientation", "RAS"))[a] for a in axis_order)
     for key in ("spacing_mm", "patch_size"):
-        spec[key] = [spec[key][a] for a in axis_order]
+        spec[key] = list(permute_axes(spec[key], axis_order))
     permuted = {**template, "input": spec}
     mirror = template.get("test_time_mirror")
     if isinstance(mirror, dict) and "axis" in mirror:
@@ -173,7 +189,7 @@ def max_abs_difference(
     """Largest |PyTorch - ONNX Runtime| over the logits of random inputs of ``shapes``
     (extra inputs: random 0/1 vectors). ONNX Runtime gets each input with its spatial
     axes permuted by ``axis_order`` and is compared with PyTorch's output permuted alike."""
-    dims = (0, 1, *(2 + a for a in axis_order))
+    dims = tensor_dims(axis_order)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     generator = torch.Generator().manual_seed(seed)
     worst = 0.0
@@ -231,8 +247,7 @@ def export_model(
         extra_inputs=extra,
     )
     # Shapes in the trained layout: the check runs the network as trained.
-    inverse = [axis_order.index(axis) for axis in range(3)]
-    trained_patch = (patch[inverse[0]], patch[inverse[1]], patch[inverse[2]])
+    trained_patch = permute_axes(patch, inverse_order(axis_order))
     shapes: list[tuple[int, ...]] = [
         (1, 1, *trained_patch),
         (2, 1, *_other_size(trained_patch)),
