@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -123,9 +124,9 @@ def test_check_model_reports_sha256_on_its_line(
 ) -> None:
     card_path = make_tiny_model(tmp_path)
     assert card_problems(card_path, smoke=True) == []
-    assert (
-        "OK: model tiny-test-model 0.0.1 (fp32) on CPUExecutionProvider" in capsys.readouterr().out
-    )
+    out = capsys.readouterr().out
+    ok = r"OK: model tiny-test-model 0\.0\.1 \(fp32\) on \w+ExecutionProvider"
+    assert re.search(ok, out), out
     model = card_path.with_suffix(".onnx")
     model.write_bytes(model.read_bytes()[:-1])
     (problem,) = card_problems(card_path)

@@ -15,6 +15,7 @@ import pytest
 
 from engines.base import EngineContext, Structure
 from engines.segmentation.engine import DEFAULT_CARD, SegmentationEngine
+from engines.segmentation.runtime import RuntimeSettings
 from engines.segmentation.training.dicom import ct_datasets, write_ct
 from engines.segmentation.training.phantom import LABELS, Acquisition, Anatomy, scan
 from tests.factories import dice
@@ -72,7 +73,8 @@ def test_organs_overlap_the_phantom(
         and found["External"].interpreted_type == "EXTERNAL"
     )
     assert "review required" in found["Heart"].description
-    assert any("on CPUExecutionProvider" in note for note in ctx.notes)
+    runtime, _ = engine.sessions.get(DEFAULT_CARD, RuntimeSettings.from_params(ctx.params))
+    assert any(f"on {runtime.providers[0]}" in note for note in ctx.notes), ctx.notes
 
 
 def test_existing_external_is_kept_not_duplicated(
