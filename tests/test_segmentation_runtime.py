@@ -1,8 +1,9 @@
 """ONNX Runtime sessions: provider choice and fallback notes, caching, card/model checks.
 
-The models here are tiny and made in the test (no shipped model needed). This machine's
-onnxruntime is the CPU build; a GPU provider that the build lacks is the real fallback
-path (onnxruntime starts on CPU and says so), exercised by advertising CUDA as available.
+The models here are tiny and made in the test (no shipped model needed). The tests hold on
+any host: where they need a GPU provider to be missing or to fail, they say so through
+``onnxruntime.get_available_providers`` and ``InferenceSession`` (monkeypatched), so they
+pass alike with the CPU build and with onnxruntime-gpu on a GPU host.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from onnx import TensorProto, helper
 
 from engines.base import EngineContext, EngineError
+from engines.segmentation import gpu_libraries
 from engines.segmentation import runtime as runtime_module
 from engines.segmentation.card import ModelCard, ModelCardError, file_sha256, write_card
 from engines.segmentation.engine import SegmentationEngine, segment_ct
@@ -207,10 +209,28 @@ def test_settings_from_params() -> None:
         RuntimeSettings.from_params({"segmentation_graph_optimization": "max"})
 
 
-def test_gpu_that_cannot_start_runs_on_cpu_and_says_so(
-    tiny_card: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def _gpu_providers_fail(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """Advertise CUDA; sessions asked for it either raise or start on CPU alone, the two
+    ways a GPU provider fails (driver or library missing)."""
+    real = runtime_module.ort.InferenceSession
+
+    def session(path: str, options: Any = None, providers: Any = None) -> Any:
+        if providers and providers[0] != CPU and how == "raise":
+            raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
+        return real(path, options, providers=[CPU])
+
     monkeypatch.setattr(runtime_module.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(runtime_module.ort, "InferenceSession", session)
+
+
+@pytest.mark.parametrize("how", ["raise", "starts on cpu"])
+def test_gpu_that_cannot_start_runs_on_cpu_and_says_so(
+    tiny_card: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    how: str,
+) -> None:
+    _gpu_providers_fail(monkeypatch, how)
     with caplog.at_level(logging.WARNING, logger="engines.segmentation.runtime"):
         runtime = open_runtime(tiny_card)
     assert runtime.providers[0] == CPU
@@ -218,7 +238,10 @@ def test_gpu_that_cannot_start_runs_on_cpu_and_says_so(
     assert any("CUDAExecutionProvider" in r.message for r in caplog.records)
 
 
-def test_engine_notes_show_provider_and_fallback(tiny_card: Path, tmp_path: Path) -> None:
+def test_engine_notes_show_provider_and_fallback(
+    tiny_card: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime_module.ort, "get_available_providers", lambda: [CPU])
     engine = SegmentationEngine(card=tiny_card)
     ctx = EngineContext(
         job_id=7, input_files=[], output_dir=tmp_path, params={"segmentation_providers": ["cuda"]}
@@ -227,6 +250,54 @@ def test_engine_notes_show_provider_and_fallback(tiny_card: Path, tmp_path: Path
     assert runtime.providers == [CPU]
     assert any("on CPUExecutionProvider" in n for n in ctx.notes), ctx.notes
     assert any("requested CUDAExecutionProvider not available" in n for n in ctx.notes), ctx.notes
+
+
+def test_cuda_libraries_are_loaded_once_and_failures_noted(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[int] = []
+
+    def preload() -> None:
+        calls.append(1)
+        print("Failed to load libcublas.so.13: cannot open shared object file")
+        print("Please follow https://onnxruntime.ai/docs/install/#cuda-and-cudnn to install CUDA.")
+
+    monkeypatch.setattr(gpu_libraries, "_loaded", None)
+    monkeypatch.setattr(gpu_libraries.ort, "preload_dlls", preload, raising=False)
+    with caplog.at_level(logging.WARNING, logger="engines.segmentation.gpu_libraries"):
+        (note,) = gpu_libraries.load_cuda_libraries()
+    assert "libcublas.so.13" in note and "onnxruntime-gpu[cuda,cudnn]" in note
+    assert any("libcublas.so.13" in r.message for r in caplog.records)
+    assert gpu_libraries.load_cuda_libraries() == (note,) and calls == [1]
+
+
+def test_cuda_libraries_without_preload_or_without_failures_give_no_note(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gpu_libraries, "_loaded", None)
+    monkeypatch.delattr(gpu_libraries.ort, "preload_dlls", raising=False)
+    assert gpu_libraries.load_cuda_libraries() == ()
+    monkeypatch.setattr(gpu_libraries, "_loaded", None)
+    monkeypatch.setattr(gpu_libraries.ort, "preload_dlls", lambda: None, raising=False)
+    assert gpu_libraries.load_cuda_libraries() == ()
+
+
+def test_gpu_libraries_are_loaded_only_for_gpu_providers(
+    tiny_card: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loads: list[int] = []
+
+    def load() -> tuple[str, ...]:
+        loads.append(1)
+        return ("CUDA/cuDNN libraries missing (test)",)
+
+    monkeypatch.setattr(runtime_module, "load_cuda_libraries", load)
+    monkeypatch.setattr(runtime_module.ort, "get_available_providers", lambda: [CPU])
+    assert "CUDA/cuDNN libraries missing (test)" not in open_runtime(tiny_card).notes
+    assert loads == []
+    _gpu_providers_fail(monkeypatch, "starts on cpu")
+    runtime = open_runtime(tiny_card)
+    assert loads == [1] and "CUDA/cuDNN libraries missing (test)" in runtime.notes
 
 
 # --------------------------------------------------------------------------- sessions

@@ -6,7 +6,9 @@ TensorRT, CUDA, CPU; ``segmentation_providers`` in the job parameters overrides 
 order (names or the short forms ``tensorrt``, ``cuda``, ``cpu``). Every choice and every
 fallback (a requested provider missing from the build, a GPU provider failing to
 initialise) is logged and returned as notes, which the engine appends to the job's
-notes so the audit log and ``rtnode status`` show what ran where.
+notes so the audit log and ``rtnode status`` show what ran where. Before a session is
+opened on a GPU provider, the CUDA and cuDNN libraries are loaded once per process
+(:mod:`engines.segmentation.gpu_libraries`: pip-installed CUDA needs it).
 
 A :class:`SessionCache` holds one ``InferenceSession`` per model (card, model sha256,
 providers, threads); the engine owns one cache and lives as long as its worker process.
@@ -32,6 +34,7 @@ from engines.segmentation.card import (
     load_refiner,
     verified_model_path,
 )
+from engines.segmentation.gpu_libraries import load_cuda_libraries
 
 logger = logging.getLogger(__name__)
 
@@ -255,6 +258,8 @@ def _open_session(
     model: Path, settings: RuntimeSettings, choice: ProviderChoice
 ) -> tuple[ort.InferenceSession, list[str]]:
     notes = list(choice.notes)
+    if any(provider != CPU for provider in choice.providers):
+        notes += load_cuda_libraries()
     options = settings.session_options()
     try:
         session = ort.InferenceSession(str(model), options, providers=list(choice.providers))
