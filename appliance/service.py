@@ -65,6 +65,11 @@ class NodePaths:
     def database(self) -> Path:
         return self.data_dir / "rtnode.sqlite3"
 
+    @property
+    def tensorrt_cache(self) -> Path:
+        """Built TensorRT engines (GPU hosts with TensorRT only; created when first used)."""
+        return self.data_dir / "tensorrt-cache"
+
 
 def open_database(paths: NodePaths) -> Engine:
     """Open (and migrate) the node database."""
@@ -148,6 +153,7 @@ class Node:
             output_root=self.paths.outputs,
             params={
                 "structure_template": str(self.cfg.structure_template),
+                "segmentation_cache_dir": str(self.paths.tensorrt_cache),
                 **self.cfg.engines.as_params(),
             },
             extra_engines=dict(extra_engines or {}),

@@ -39,6 +39,7 @@ from engines.segmentation.runtime import (
     choose_providers,
     open_runtime,
 )
+from tests.support import make_node, write_config
 
 
 def tiny_template(**changes: Any) -> dict[str, Any]:
@@ -298,6 +299,54 @@ def test_gpu_libraries_are_loaded_only_for_gpu_providers(
     _gpu_providers_fail(monkeypatch, "starts on cpu")
     runtime = open_runtime(tiny_card)
     assert loads == [1] and "CUDA/cuDNN libraries missing (test)" in runtime.notes
+
+
+def test_tensorrt_gets_engine_and_timing_caches_in_the_cache_dir(tmp_path: Path) -> None:
+    cache = tmp_path / "var" / "tensorrt-cache"
+    settings = RuntimeSettings.from_params({"segmentation_cache_dir": cache})
+    entries = settings.provider_entries([TENSORRT, CUDA, CPU])
+    assert entries[1:] == [CUDA, CPU]
+    name, options = entries[0]
+    assert name == TENSORRT and cache.is_dir()
+    assert options["trt_engine_cache_enable"] and options["trt_timing_cache_enable"]
+    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(cache)
+    assert options["trt_fp16_enable"] is False
+    assert RuntimeSettings().provider_entries([TENSORRT, CPU]) == [TENSORRT, CPU]
+
+
+def test_unwritable_cache_dir_means_no_cache_not_a_failure(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    settings = RuntimeSettings(cache_dir=str(blocker / "cache"))
+    assert settings.provider_entries([TENSORRT, CPU]) == [TENSORRT, CPU]
+
+
+def test_sessions_are_opened_with_the_tensorrt_options(
+    tiny_card: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[Any] = []
+    real = runtime_module.ort.InferenceSession
+
+    def session(path: str, options: Any = None, providers: Any = None) -> Any:
+        asked.append(providers)
+        return real(path, options, providers=[CPU])  # no TensorRT here: runs on CPU
+
+    monkeypatch.setattr(runtime_module, "load_cuda_libraries", lambda: ())
+    monkeypatch.setattr(runtime_module.ort, "get_available_providers", lambda: [TENSORRT, CPU])
+    monkeypatch.setattr(runtime_module.ort, "InferenceSession", session)
+    open_runtime(tiny_card, RuntimeSettings(cache_dir=str(tmp_path / "trt")))
+    assert asked[0][0][0] == TENSORRT
+    assert asked[0][0][1]["trt_engine_cache_path"] == str(tmp_path / "trt")
+    assert asked[0][1:] == [CPU]
+
+
+def test_the_node_hands_its_tensorrt_cache_dir_to_the_engines(tmp_path: Path) -> None:
+    node = make_node(write_config(tmp_path))
+    try:
+        params = node._pool_settings(None).params
+    finally:
+        node.db.dispose()
+    assert params["segmentation_cache_dir"] == str(tmp_path / "var" / "tensorrt-cache")
 
 
 # --------------------------------------------------------------------------- sessions

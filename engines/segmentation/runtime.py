@@ -92,12 +92,16 @@ class RuntimeSettings:
 
     Job parameters: ``segmentation_providers`` (list or comma-separated string),
     ``segmentation_threads`` (intra-op threads, 0 = one per physical core),
-    ``segmentation_graph_optimization`` (disable, basic, extended, all).
+    ``segmentation_graph_optimization`` (disable, basic, extended, all),
+    ``segmentation_cache_dir`` (where the TensorRT provider keeps its built engines and
+    timing cache, so a restarted worker does not build them again; the node sets it to
+    ``<data_dir>/tensorrt-cache``; none: no cache).
     """
 
     providers: tuple[str, ...] = ()
     intra_op_threads: int = 0
     graph_optimization: str = "all"
+    cache_dir: str | None = None
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> RuntimeSettings:
@@ -112,7 +116,43 @@ class RuntimeSettings:
             providers=tuple(p for p in providers if p),
             intra_op_threads=int(params.get("segmentation_threads", 0)),
             graph_optimization=level,
+            cache_dir=str(params["segmentation_cache_dir"])
+            if params.get("segmentation_cache_dir")
+            else None,
         )
+
+    def provider_entries(self, providers: Sequence[str]) -> list[str | tuple[str, dict[str, Any]]]:
+        """``providers`` as ``InferenceSession`` takes them: TensorRT with its engine and
+        timing caches in ``cache_dir`` (fp32, as the card's model), the others by name."""
+        entries: list[str | tuple[str, dict[str, Any]]] = []
+        for name in providers:
+            cache = self._tensorrt_cache() if name == TENSORRT else None
+            if cache is None:
+                entries.append(name)
+                continue
+            entries.append(
+                (
+                    name,
+                    {
+                        "trt_engine_cache_enable": True,
+                        "trt_engine_cache_path": cache,
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": cache,
+                        "trt_fp16_enable": False,
+                    },
+                )
+            )
+        return entries
+
+    def _tensorrt_cache(self) -> str | None:
+        if not self.cache_dir:
+            return None
+        try:
+            Path(self.cache_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            logger.warning("segmentation: no TensorRT engine cache (%s)", exc)
+            return None
+        return self.cache_dir
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
@@ -262,7 +302,9 @@ def _open_session(
         notes += load_cuda_libraries()
     options = settings.session_options()
     try:
-        session = ort.InferenceSession(str(model), options, providers=list(choice.providers))
+        session = ort.InferenceSession(
+            str(model), options, providers=settings.provider_entries(choice.providers)
+        )
     except Exception as exc:  # a GPU provider failing to start must not stop CPU inference
         if choice.providers == (CPU,):
             raise
