@@ -113,6 +113,7 @@ class EngineSettings(_Strict):
     segmentation_model: Path | None = None  # model card; default: the shipped thorax model
     segmentation_providers: list[str] = Field(default_factory=list)  # empty: choose at run time
     segmentation_threads: Annotated[int, Field(ge=0)] = 0  # 0: ONNX Runtime's default
+    segmentation_thread_spinning: bool = False  # ORT idle threads spin (its default) or sleep
     llm_threads: Annotated[int, Field(ge=0)] = 0  # llama.cpp threads; 0: cores - 1
     clinical_protocols: Path | None = None  # protocol folder; default: config/protocols
     clinical_time_budget_s: Annotated[float, Field(gt=0, le=600)] = 5.0  # LLM time per case
@@ -127,6 +128,7 @@ class EngineSettings(_Strict):
             "segmentation_model": self.segmentation_model,
             "segmentation_providers": list(self.segmentation_providers),
             "segmentation_threads": self.segmentation_threads,
+            "segmentation_thread_spinning": self.segmentation_thread_spinning,
             # one LLM for both engines (one model per worker): none -> deterministic only
             "clinical_llm_model": self.llm_model or "none",
             "clinical_llm_threads": self.llm_threads,

@@ -91,3 +91,13 @@ def test_one_llm_setting_serves_renaming_and_clinical_text() -> None:
     assert params["clinical_llm_threads"] == 1 and params["clinical_time_budget_s"] == 5.0
     off = EngineSettings(llm_model=None).as_params()
     assert "tg263_llm_model" not in off and off["clinical_llm_model"] == "none"
+
+
+def test_thread_spinning_reaches_the_segmentation_runtime() -> None:
+    from appliance.config import EngineSettings
+    from engines.segmentation.runtime import RuntimeSettings
+
+    on = EngineSettings(segmentation_thread_spinning=True).as_params()
+    assert RuntimeSettings.from_params(on).thread_spinning is True
+    default = EngineSettings().as_params()
+    assert RuntimeSettings.from_params(default).thread_spinning is False

@@ -301,6 +301,18 @@ def test_gpu_libraries_are_loaded_only_for_gpu_providers(
     assert loads == [1] and "CUDA/cuDNN libraries missing (test)" in runtime.notes
 
 
+def test_idle_threads_sleep_unless_spinning_is_asked_for() -> None:
+    def spinning(settings: RuntimeSettings) -> str:
+        options = settings.session_options()
+        value: str = options.get_session_config_entry("session.intra_op.allow_spinning")
+        return value
+
+    assert spinning(RuntimeSettings()) == "0"
+    assert spinning(RuntimeSettings.from_params({"segmentation_thread_spinning": True})) == "1"
+    assert spinning(RuntimeSettings.from_params({"segmentation_thread_spinning": "yes"})) == "1"
+    assert spinning(RuntimeSettings.from_params({"segmentation_thread_spinning": "false"})) == "0"
+
+
 def test_tensorrt_gets_engine_and_timing_caches_in_the_cache_dir(tmp_path: Path) -> None:
     cache = tmp_path / "var" / "tensorrt-cache"
     settings = RuntimeSettings.from_params({"segmentation_cache_dir": cache})

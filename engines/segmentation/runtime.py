@@ -93,6 +93,9 @@ class RuntimeSettings:
     Job parameters: ``segmentation_providers`` (list or comma-separated string),
     ``segmentation_threads`` (intra-op threads, 0 = one per physical core),
     ``segmentation_graph_optimization`` (disable, basic, extended, all),
+    ``segmentation_thread_spinning`` (false: ONNX Runtime's idle threads sleep instead of
+    spinning between patches, leaving the cores to torch's share of the sliding window;
+    true: ONNX Runtime's default),
     ``segmentation_cache_dir`` (where the TensorRT provider keeps its built engines and
     timing cache, so a restarted worker does not build them again; the node sets it to
     ``<data_dir>/tensorrt-cache``; none: no cache).
@@ -101,6 +104,7 @@ class RuntimeSettings:
     providers: tuple[str, ...] = ()
     intra_op_threads: int = 0
     graph_optimization: str = "all"
+    thread_spinning: bool = False
     cache_dir: str | None = None
 
     @classmethod
@@ -116,6 +120,7 @@ class RuntimeSettings:
             providers=tuple(p for p in providers if p),
             intra_op_threads=int(params.get("segmentation_threads", 0)),
             graph_optimization=level,
+            thread_spinning=_flag(params.get("segmentation_thread_spinning", False)),
             cache_dir=str(params["segmentation_cache_dir"])
             if params.get("segmentation_cache_dir")
             else None,
@@ -158,9 +163,18 @@ class RuntimeSettings:
         options = ort.SessionOptions()
         options.graph_optimization_level = _GRAPH_LEVELS[self.graph_optimization]
         options.intra_op_num_threads = self.intra_op_threads
+        spinning = "1" if self.thread_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         return options
+
+
+def _flag(value: Any) -> bool:
+    """A job parameter's truth value: YAML booleans, or "true"/"1"/"yes" as text."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
 
 
 @dataclass
