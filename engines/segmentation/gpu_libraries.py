@@ -8,7 +8,7 @@ segmentation runtime calls :func:`load_cuda_libraries` before it opens a session
 provider; without it the CUDA provider fails to start and the model runs on the CPU.
 
 No torch import here, so a process can check its GPU setup without torch's libraries
-(``scripts/bench_segmentation_gpu.py --check-libraries``).
+(``scripts/bench_segmentation_gpu.py`` does, in child processes).
 """
 
 from __future__ import annotations

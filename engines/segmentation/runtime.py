@@ -7,7 +7,7 @@ order (names or the short forms ``tensorrt``, ``cuda``, ``cpu``). Every choice a
 fallback (a requested provider missing from the build, a GPU provider failing to
 initialise) is logged and returned as notes, which the engine appends to the job's
 notes so the audit log and ``rtnode status`` show what ran where. Before a session is
-opened on a GPU provider, the CUDA and cuDNN libraries are loaded once per process
+opened on the CUDA or TensorRT provider, the CUDA and cuDNN libraries are loaded once per process
 (:mod:`engines.segmentation.gpu_libraries`: pip-installed CUDA needs it).
 
 A :class:`SessionCache` holds one ``InferenceSession`` per model (card, model sha256,
@@ -312,7 +312,7 @@ def _open_session(
     model: Path, settings: RuntimeSettings, choice: ProviderChoice
 ) -> tuple[ort.InferenceSession, list[str]]:
     notes = list(choice.notes)
-    if any(provider != CPU for provider in choice.providers):
+    if {CUDA, TENSORRT} & set(choice.providers):
         notes += load_cuda_libraries()
     options = settings.session_options()
     try:
