@@ -80,6 +80,10 @@ def new_name(renamer: Renamer, raw: str) -> str:
         ("ojo izquierdo", "Eye_L"),
         ("Niere rechts", "Kidney_R"),
         ("Lunge links", "Lung_L"),
+        ("Cabeza femoral izquierda", "Femur_Head_L"),
+        # common abbreviations, sides glued on
+        ("LHOF", "Femur_Head_L"),  # head of femur
+        ("HOF R", "Femur_Head_R"),
         # PRV and margins
         ("cord PRV 5mm", "SpinalCord_PRV05"),
         ("PRV Brainstem", "Brainstem_PRV"),
