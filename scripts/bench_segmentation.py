@@ -12,7 +12,8 @@
    ONNX Runtime also runs an export on the training grid (``ort_training_grid``).
    Blocks of runs alternate (PyTorch, ORT, PyTorch, ...) so load from other processes
    hits both alike; min and median are printed, with ORT variants (graph optimisation
-   level, threads, memory arena, thread spinning). Peak memory of each runtime is measured in its own
+   level, threads, memory arena, thread spinning) and, where the build has it, ORT's
+   OpenVINO provider (``ort_openvino``: the engine's choice with onnxruntime-openvino). Peak memory of each runtime is measured in its own
    child process (peak RSS, and the increase over the process after imports).
    The weights are the training checkpoint when present (``--checkpoint``; the export
    must then reproduce the shipped model's sha256), else a seeded initialisation of the
@@ -97,7 +98,11 @@ def bench_network(checkpoint: Path, work: Path) -> tuple[torch.nn.Module, Path, 
     return network, onnx_path, source
 
 
-def ort_session(onnx_path: Path, threads: int, **options: Any) -> Any:
+def ort_session(
+    onnx_path: Path, threads: int, provider: str = "CPUExecutionProvider", **options: Any
+) -> Any:
+    """A session with the engine's options on ``provider`` (the engine's OpenVINO options
+    for OpenVINOExecutionProvider) and the variant's changes."""
     import onnxruntime as ort
 
     from engines.segmentation.runtime import RuntimeSettings
@@ -109,7 +114,14 @@ def ort_session(onnx_path: Path, threads: int, **options: Any) -> Any:
     so.enable_cpu_mem_arena = options.get("arena", True)
     if "spinning" in options:
         so.add_session_config_entry("session.intra_op.allow_spinning", options["spinning"])
-    return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    providers = settings.provider_entries(list(dict.fromkeys([provider, "CPUExecutionProvider"])))
+    return ort.InferenceSession(str(onnx_path), so, providers=providers)
+
+
+def openvino_available() -> bool:
+    import onnxruntime as ort
+
+    return "OpenVINOExecutionProvider" in ort.get_available_providers()
 
 
 # --------------------------------------------------------------------------- timing
@@ -155,6 +167,8 @@ def patch_and_volume(
         "ort_no_arena": ort_session(onnx_path, threads, arena=False),
         "ort_spinning": ort_session(onnx_path, threads, spinning="1"),  # ORT default
     }
+    if openvino_available():  # the engine's choice on CPU hosts (onnxruntime-openvino)
+        sessions["ort_openvino"] = ort_session(onnx_path, threads, "OpenVINOExecutionProvider")
     runs: dict[str, Any] = {"pytorch": lambda: network(x)}
     if order != (0, 1, 2):
         runs["pytorch_training_grid"] = lambda: trained(x_trained)
@@ -193,6 +207,13 @@ def patch_and_volume(
             )
 
         volume_runs = {"pytorch": sw(network), "ort": sw(ort_predict)}
+        if "ort_openvino" in sessions:
+            openvino = sessions["ort_openvino"]
+
+            def openvino_predict(b: torch.Tensor) -> torch.Tensor:
+                return torch.from_numpy(openvino.run(None, {"image": b.numpy()})[0])
+
+            volume_runs["ort_openvino"] = sw(openvino_predict)
         if order != (0, 1, 2):
             volume_runs["pytorch_training_grid"] = sw(trained, trained_grid=True)
         per_volume = alternating(volume_runs, max(2, reps // 2), block=1)
@@ -244,7 +265,8 @@ def run_child(kind: str, onnx_path: Path, threads: int) -> None:
         network = build_network(thorax_network_spec(card.outputs.channels)).eval()
         predictor: Any = permute_network(network, order)
     else:
-        session = ort_session(onnx_path, threads)
+        provider = "OpenVINOExecutionProvider" if kind == "ort_openvino" else "CPUExecutionProvider"
+        session = ort_session(onnx_path, threads, provider)
 
         def predictor(b: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run(None, {"image": b.numpy()})[0])
@@ -322,7 +344,9 @@ def main() -> int:
     parser.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-ct", action="store_true", help="only the runtime comparison")
-    parser.add_argument("--child", choices=["pytorch", "ort", "rss"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", choices=["pytorch", "ort", "ort_openvino", "rss"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--onnx", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ct-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -341,7 +365,8 @@ def main() -> int:
         result["weights"] = source
         result["runtime"] = patch_and_volume(network, onnx_path, args.threads, args.reps)
         result["peak_memory"] = {
-            k: child_peak(k, onnx_path, args.threads) for k in ("pytorch", "ort")
+            k: child_peak(k, onnx_path, args.threads)
+            for k in ("pytorch", "ort", *(["ort_openvino"] if openvino_available() else []))
         }
         if not args.skip_ct:
             ct150 = work / "ct150"

@@ -33,6 +33,7 @@ from engines.segmentation.processing import BoxMask, VolumeGeometry
 from engines.segmentation.runtime import (
     CPU,
     CUDA,
+    OPENVINO,
     TENSORRT,
     RuntimeSettings,
     SessionCache,
@@ -193,6 +194,34 @@ def test_requested_provider_missing_falls_back_to_cpu_with_note() -> None:
     choice = choose_providers(["cuda"], [CPU])
     assert choice.providers == (CPU,)
     assert "requested CUDAExecutionProvider not available" in choice.notes[0]
+
+
+def test_openvino_comes_after_the_gpu_providers_and_before_cpu() -> None:
+    choice = choose_providers(None, [CPU, OPENVINO])
+    assert choice.providers == (OPENVINO, CPU)
+    assert "GPU execution not possible here" in choice.notes[0]
+    assert choose_providers(None, [TENSORRT, CUDA, CPU]).providers == (TENSORRT, CUDA, CPU)
+    assert choose_providers(["openvino"], [OPENVINO, CPU]).providers == (OPENVINO, CPU)
+
+
+def test_openvino_runs_on_the_cpu_in_fp32_with_our_threads() -> None:
+    (entry, cpu) = RuntimeSettings(intra_op_threads=2).provider_entries([OPENVINO, CPU])
+    assert entry == (OPENVINO, {"device_type": "CPU", "precision": "FP32", "num_of_threads": "2"})
+    assert cpu == CPU
+    (entry, _) = RuntimeSettings().provider_entries([OPENVINO, CPU])
+    assert isinstance(entry, tuple) and "num_of_threads" not in entry[1]
+
+
+@pytest.mark.skipif(
+    OPENVINO not in runtime_module.ort.get_available_providers(),
+    reason="this onnxruntime build has no OpenVINO provider",
+)
+def test_openvino_gives_the_cpu_providers_probabilities(tiny_card: Path) -> None:
+    batch = torch.randn(2, 1, 32, 32, 16, generator=torch.Generator().manual_seed(3))
+    openvino = open_runtime(tiny_card, RuntimeSettings(providers=("openvino",)))
+    cpu = open_runtime(tiny_card, RuntimeSettings(providers=("cpu",)))
+    assert openvino.providers[0] == OPENVINO and cpu.providers == [CPU]
+    assert torch.allclose(openvino.predictor()(batch), cpu.predictor()(batch), atol=1e-5)
 
 
 def test_requested_order_is_kept_and_cpu_appended() -> None:

@@ -2,8 +2,8 @@
 
 Execution providers are picked when a model is loaded, from what the installed
 onnxruntime build offers (``onnxruntime.get_available_providers()``), in the order
-TensorRT, CUDA, CPU; ``segmentation_providers`` in the job parameters overrides the
-order (names or the short forms ``tensorrt``, ``cuda``, ``cpu``). Every choice and every
+TensorRT, CUDA, OpenVINO (the CPU build rtnode installs, onnxruntime-openvino), CPU; ``segmentation_providers`` in the job parameters overrides the
+order (names or the short forms ``tensorrt``, ``cuda``, ``openvino``, ``cpu``). Every choice and every
 fallback (a requested provider missing from the build, a GPU provider failing to
 initialise) is logged and returned as notes, which the engine appends to the job's
 notes so the audit log and ``rtnode status`` show what ran where. Before a session is
@@ -40,9 +40,18 @@ logger = logging.getLogger(__name__)
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
 CPU = "CPUExecutionProvider"
-PREFERENCE: tuple[str, ...] = (TENSORRT, CUDA, CPU)
-ALIASES = {"tensorrt": TENSORRT, "trt": TENSORRT, "cuda": CUDA, "gpu": CUDA, "cpu": CPU}
+GPU_PROVIDERS: tuple[str, ...] = (TENSORRT, CUDA)
+PREFERENCE: tuple[str, ...] = (TENSORRT, CUDA, OPENVINO, CPU)
+ALIASES = {
+    "tensorrt": TENSORRT,
+    "trt": TENSORRT,
+    "cuda": CUDA,
+    "gpu": CUDA,
+    "openvino": OPENVINO,
+    "cpu": CPU,
+}
 _GRAPH_LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -78,7 +87,7 @@ def choose_providers(requested: Sequence[str] | None, available: Sequence[str]) 
         chosen = [name for name in wanted if name in available]
     else:
         chosen = [name for name in PREFERENCE if name in available]
-        skipped = [name for name in PREFERENCE[:-1] if name not in available]
+        skipped = [name for name in GPU_PROVIDERS if name not in available]
         if skipped:
             notes.append(f"{', '.join(skipped)} not available; GPU execution not possible here")
     if CPU not in chosen:
@@ -128,9 +137,13 @@ class RuntimeSettings:
 
     def provider_entries(self, providers: Sequence[str]) -> list[str | tuple[str, dict[str, Any]]]:
         """``providers`` as ``InferenceSession`` takes them: TensorRT with its engine and
-        timing caches in ``cache_dir`` (fp32, as the card's model), the others by name."""
+        timing caches in ``cache_dir`` (fp32, as the card's model), OpenVINO on the CPU in
+        fp32, the others by name."""
         entries: list[str | tuple[str, dict[str, Any]]] = []
         for name in providers:
+            if name == OPENVINO:
+                entries.append((name, self._openvino_options()))
+                continue
             cache = self._tensorrt_cache() if name == TENSORRT else None
             if cache is None:
                 entries.append(name)
@@ -148,6 +161,13 @@ class RuntimeSettings:
                 )
             )
         return entries
+
+    def _openvino_options(self) -> dict[str, Any]:
+        """OpenVINO on the CPU in fp32 (the card's precision), with our thread count."""
+        options: dict[str, Any] = {"device_type": "CPU", "precision": "FP32"}
+        if self.intra_op_threads > 0:
+            options["num_of_threads"] = str(self.intra_op_threads)
+        return options
 
     def _tensorrt_cache(self) -> str | None:
         if not self.cache_dir:
