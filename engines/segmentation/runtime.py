@@ -2,8 +2,9 @@
 
 Execution providers are picked when a model is loaded, from what the installed
 onnxruntime build offers (``onnxruntime.get_available_providers()``), in the order
-TensorRT, CUDA, OpenVINO (the CPU build rtnode installs, onnxruntime-openvino), CPU; ``segmentation_providers`` in the job parameters overrides the
-order (names or the short forms ``tensorrt``, ``cuda``, ``openvino``, ``cpu``). Every choice and every
+TensorRT, CUDA, OpenVINO (the CPU build rtnode installs, onnxruntime-openvino), CPU;
+``segmentation_providers`` in the job parameters overrides the order (names or the short
+forms ``tensorrt``, ``cuda``, ``openvino``, ``cpu``). Every choice and every
 fallback (a requested provider missing from the build, a GPU provider failing to
 initialise) is logged and returned as notes, which the engine appends to the job's
 notes so the audit log and ``rtnode status`` show what ran where. Before a session is
