@@ -13,6 +13,7 @@ import functools
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,15 @@ def test_engine_notes_show_provider_and_fallback(
     assert any("requested CUDAExecutionProvider not available" in n for n in ctx.notes), ctx.notes
 
 
+@pytest.fixture
+def fresh_cuda_loader() -> Iterator[None]:
+    """load_cuda_libraries() runs again in the test and forgets the test's answer after."""
+    gpu_libraries.load_cuda_libraries.cache_clear()
+    yield
+    gpu_libraries.load_cuda_libraries.cache_clear()
+
+
+@pytest.mark.usefixtures("fresh_cuda_loader")
 def test_cuda_libraries_are_loaded_once_and_failures_noted(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -292,7 +302,6 @@ def test_cuda_libraries_are_loaded_once_and_failures_noted(
         print("Failed to load libcublas.so.13: cannot open shared object file")
         print("Please follow https://onnxruntime.ai/docs/install/#cuda-and-cudnn to install CUDA.")
 
-    monkeypatch.setattr(gpu_libraries, "_loaded", None)
     monkeypatch.setattr(gpu_libraries.ort, "preload_dlls", preload, raising=False)
     with caplog.at_level(logging.WARNING, logger="engines.segmentation.gpu_libraries"):
         (note,) = gpu_libraries.load_cuda_libraries()
@@ -301,14 +310,14 @@ def test_cuda_libraries_are_loaded_once_and_failures_noted(
     assert gpu_libraries.load_cuda_libraries() == (note,) and calls == [1]
 
 
+@pytest.mark.usefixtures("fresh_cuda_loader")
 def test_cuda_libraries_without_preload_or_without_failures_give_no_note(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(gpu_libraries, "_loaded", None)
     monkeypatch.delattr(gpu_libraries.ort, "preload_dlls", raising=False)
     assert gpu_libraries.load_cuda_libraries() == ()
-    monkeypatch.setattr(gpu_libraries, "_loaded", None)
     monkeypatch.setattr(gpu_libraries.ort, "preload_dlls", lambda: None, raising=False)
+    gpu_libraries.load_cuda_libraries.cache_clear()
     assert gpu_libraries.load_cuda_libraries() == ()
 
 

@@ -14,6 +14,7 @@ No torch import here, so a process can check its GPU setup without torch's libra
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 
@@ -21,9 +22,8 @@ import onnxruntime as ort
 
 logger = logging.getLogger(__name__)
 
-_loaded: tuple[str, ...] | None = None
 
-
+@functools.cache
 def load_cuda_libraries() -> tuple[str, ...]:
     """Once per process: ``onnxruntime.preload_dlls()`` where this build has it.
 
@@ -32,13 +32,9 @@ def load_cuda_libraries() -> tuple[str, ...]:
     Empty where everything loaded, or where the build has no ``preload_dlls`` (CPU
     builds, onnxruntime before 1.21).
     """
-    global _loaded
-    if _loaded is not None:
-        return _loaded
     preload = getattr(ort, "preload_dlls", None)
     if preload is None:
-        _loaded = ()
-        return _loaded
+        return ()
     printed = io.StringIO()
     try:
         with contextlib.redirect_stdout(printed):  # preload_dlls reports by print()
@@ -52,12 +48,10 @@ def load_cuda_libraries() -> tuple[str, ...]:
     ]
     for line in failures:
         logger.warning("segmentation: %s", line)
-    if failures:
-        _loaded = (
-            f"CUDA/cuDNN libraries missing ({len(failures)}: {failures[0]}); "
-            "install onnxruntime-gpu[cuda,cudnn] or a system CUDA matching the build",
-        )
-    else:
-        _loaded = ()
+    if not failures:
         logger.info("segmentation: CUDA and cuDNN libraries loaded (onnxruntime.preload_dlls)")
-    return _loaded
+        return ()
+    return (
+        f"CUDA/cuDNN libraries missing ({len(failures)}: {failures[0]}); "
+        "install onnxruntime-gpu[cuda,cudnn] or a system CUDA matching the build",
+    )

@@ -142,25 +142,14 @@ class RuntimeSettings:
         fp32, the others by name."""
         entries: list[str | tuple[str, dict[str, Any]]] = []
         for name in providers:
-            if name == OPENVINO:
-                entries.append((name, self._openvino_options()))
-                continue
-            cache = self._tensorrt_cache() if name == TENSORRT else None
-            if cache is None:
-                entries.append(name)
-                continue
-            entries.append(
-                (
-                    name,
-                    {
-                        "trt_engine_cache_enable": True,
-                        "trt_engine_cache_path": cache,
-                        "trt_timing_cache_enable": True,
-                        "trt_timing_cache_path": cache,
-                        "trt_fp16_enable": False,
-                    },
-                )
+            options = (
+                self._openvino_options()
+                if name == OPENVINO
+                else self._tensorrt_options()
+                if name == TENSORRT
+                else None
             )
+            entries.append((name, options) if options else name)
         return entries
 
     def _openvino_options(self) -> dict[str, Any]:
@@ -170,7 +159,8 @@ class RuntimeSettings:
             options["num_of_threads"] = str(self.intra_op_threads)
         return options
 
-    def _tensorrt_cache(self) -> str | None:
+    def _tensorrt_options(self) -> dict[str, Any] | None:
+        """Engine and timing caches in ``cache_dir`` (created here); None without one."""
         if not self.cache_dir:
             return None
         try:
@@ -178,7 +168,13 @@ class RuntimeSettings:
         except OSError as exc:
             logger.warning("segmentation: no TensorRT engine cache (%s)", exc)
             return None
-        return self.cache_dir
+        return {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": self.cache_dir,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": self.cache_dir,
+            "trt_fp16_enable": False,
+        }
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
