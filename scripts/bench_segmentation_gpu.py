@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,16 +47,19 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from bench_segmentation import (  # noqa: E402
     VOLUME_GRID,
+    alternating,
     axis_order,
     bench_network,
+    ort_session,
     permuted,
     write_phantom_ct,
 )
 
-from engines.segmentation.card import load_card  # noqa: E402
+from engines.segmentation.card import ModelCard, load_card  # noqa: E402
 from engines.segmentation.engine import DEFAULT_CARD  # noqa: E402
 from engines.segmentation.export import inverse_order, permute_axes, permute_network  # noqa: E402
 from engines.segmentation.runtime import CPU, CUDA, RuntimeSettings, open_runtime  # noqa: E402
+from engines.segmentation.training.metrics import dice  # noqa: E402
 
 
 def synchronize() -> None:
@@ -65,21 +67,17 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def timed(runs: dict[str, Callable[[], Any]], rounds: int) -> dict[str, dict[str, float]]:
-    """Seconds per call (min, median), each callable run in turn ``rounds`` times after
-    two warm-up calls; the GPU is synchronised around every call."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for fn in runs.values():
-        fn()
-        fn()
-    for _ in range(rounds):
-        for name, fn in runs.items():
-            synchronize()
-            start = time.perf_counter()
+def synchronised(runs: dict[str, Callable[[], Any]]) -> dict[str, Callable[[], Any]]:
+    """Each callable followed by a GPU synchronise, so a timed call includes its kernels."""
+
+    def then_synchronise(fn: Callable[[], Any]) -> Callable[[], None]:
+        def call() -> None:
             fn()
             synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {n: {"min_s": min(t), "median_s": statistics.median(t)} for n, t in times.items()}
+
+        return call
+
+    return {name: then_synchronise(fn) for name, fn in runs.items()}
 
 
 LIBRARY_CHECK = """
@@ -135,18 +133,10 @@ def providers_part() -> dict[str, Any]:
     return result
 
 
-def device_session(onnx_path: Path, device: torch.device) -> Any:
-    """An ORT session on ``device``'s provider, with the engine's session options."""
-    provider = CUDA if device.type == "cuda" else CPU
-    settings = RuntimeSettings(providers=(provider,))
-    return ort.InferenceSession(
-        str(onnx_path), settings.session_options(), providers=list(dict.fromkeys([provider, CPU]))
-    )
-
-
-def bound_run(session: Any, x: torch.Tensor, out: torch.Tensor) -> Callable[[], None]:
+def bound_run(
+    session: Any, card: ModelCard, x: torch.Tensor, out: torch.Tensor
+) -> Callable[[], None]:
     """ORT on device-resident input and output (IO binding to torch tensors)."""
-    card = load_card(DEFAULT_CARD)
     binding = session.io_binding()
     kind, index = x.device.type, x.device.index or 0
     binding.bind_input(card.input.name, kind, index, np.float32, list(x.shape), x.data_ptr())
@@ -172,7 +162,7 @@ def patch_and_volume(reps: int, work: Path, gpu: torch.device) -> dict[str, Any]
     x_gpu = x.to(gpu)
     x_trained_gpu = permuted(x, inverse).to(gpu)
     xn = x.numpy()
-    session = device_session(onnx_path, gpu)
+    session = ort_session(onnx_path, 0, CUDA if gpu.type == "cuda" else CPU)
     feeds = {card.input.name: xn}
     out_gpu = torch.empty(1, card.outputs.channels, *patch, device=gpu)
     with torch.inference_mode():
@@ -185,9 +175,9 @@ def patch_and_volume(reps: int, work: Path, gpu: torch.device) -> dict[str, Any]
             "ort_host": lambda: session.run(None, feeds),
             "pytorch_resident": lambda: shipped(x_gpu),
             "pytorch_training_grid_resident": lambda: trained(x_trained_gpu),
-            "ort_resident": bound_run(session, x_gpu, out_gpu),
+            "ort_resident": bound_run(session, card, x_gpu, out_gpu),
         }
-        per_patch = timed(runs, reps)
+        per_patch = alternating(synchronised(runs), reps, block=1)
         bound_diff = float(np.abs(out_gpu.cpu().numpy() - expected).max())
 
         volume = torch.randn(
@@ -209,7 +199,7 @@ def patch_and_volume(reps: int, work: Path, gpu: torch.device) -> dict[str, Any]
             "pytorch_training_grid": sw(volume_trained_gpu, permute_axes(patch, inverse), trained),
             "ort_engine_way": sw(volume, patch, ort_predict),
         }
-        per_volume = timed(volume_runs, max(2, reps // 3))
+        per_volume = alternating(synchronised(volume_runs), max(2, reps // 3), block=1)
     return {
         "weights": source,
         "patch": list(patch),
@@ -222,11 +212,6 @@ def patch_and_volume(reps: int, work: Path, gpu: torch.device) -> dict[str, Any]
         if gpu.type == "cuda"
         else None,
     }
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
 
 
 def whole_ct(work: Path) -> dict[str, Any]:
